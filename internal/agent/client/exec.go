@@ -1,0 +1,113 @@
+package client
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"time"
+
+	"github.com/mvm-dev/mvm/internal/agent/proto"
+)
+
+// ExecOptions describe a command to run in the guest.
+type ExecOptions struct {
+	Argv    []string
+	Env     []string
+	Cwd     string
+	Timeout time.Duration
+	Stdin   io.Reader // nil: the process gets /dev/null
+	Stdout  io.Writer
+	Stderr  io.Writer
+}
+
+// StartError means the command could not be started in the guest; Code is the exit
+// code to report (126 cannot run, 127 not found).
+type StartError struct {
+	Code    int
+	Message string
+}
+
+func (e *StartError) Error() string { return e.Message }
+
+// Exec runs a command to completion, streaming its output as it comes.
+func (cl *Client) Exec(ctx context.Context, o ExecOptions) (proto.Exit, error) {
+	req := proto.Request{Op: proto.OpExec, Exec: &proto.ExecRequest{
+		Argv: o.Argv, Env: o.Env, Cwd: o.Cwd, TimeoutMs: o.Timeout.Milliseconds(), Stdin: o.Stdin != nil,
+	}}
+	s, err := cl.open(ctx, req)
+	if err != nil {
+		return proto.Exit{}, err
+	}
+	defer s.Close()
+	var resp proto.Response
+	if err := s.pc.Expect(proto.TResponse, &resp); err != nil {
+		return proto.Exit{}, cl.ctxErr(ctx, err)
+	}
+	if !resp.OK {
+		code := resp.Code
+		if code == 0 {
+			code = 126
+		}
+		return proto.Exit{}, &StartError{Code: code, Message: resp.Error}
+	}
+	if o.Stdin != nil {
+		go func() {
+			buf := make([]byte, 256<<10)
+			for {
+				n, err := o.Stdin.Read(buf)
+				if n > 0 {
+					if s.pc.WriteData(proto.TStdin, buf[:n]) != nil {
+						return
+					}
+				}
+				if err != nil {
+					_ = s.pc.WriteEmpty(proto.TStdinEOF)
+					return
+				}
+			}
+		}()
+	}
+	stdout, stderr := orDiscard(o.Stdout), orDiscard(o.Stderr)
+	for {
+		f, err := s.pc.Read()
+		if err != nil {
+			if errors.Is(err, io.EOF) {
+				err = errors.New("agent closed the connection before the command finished")
+			}
+			return proto.Exit{}, cl.ctxErr(ctx, err)
+		}
+		switch f.Type {
+		case proto.TStdout:
+			if _, err := stdout.Write(f.Payload); err != nil {
+				return proto.Exit{}, fmt.Errorf("write stdout: %w", err)
+			}
+		case proto.TStderr:
+			if _, err := stderr.Write(f.Payload); err != nil {
+				return proto.Exit{}, fmt.Errorf("write stderr: %w", err)
+			}
+		case proto.TExit:
+			var ex proto.Exit
+			if err := proto.Decode(f, proto.TExit, &ex); err != nil {
+				return proto.Exit{}, err
+			}
+			return ex, nil
+		default:
+			return proto.Exit{}, proto.Decode(f, proto.TExit, nil)
+		}
+	}
+}
+
+func (cl *Client) ctxErr(ctx context.Context, err error) error {
+	if ctx.Err() != nil {
+		return ctx.Err()
+	}
+	return err
+}
+
+func orDiscard(w io.Writer) io.Writer {
+	if w == nil {
+		return io.Discard
+	}
+	return w
+}

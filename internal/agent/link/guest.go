@@ -1,0 +1,114 @@
+package link
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"io"
+	"log/slog"
+	"net"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/hashicorp/yamux"
+)
+
+// Serve runs the guest end on a virtio-serial port until ctx ends: it waits for a host
+// sync, acknowledges it, and hands each stream of the session to handle. When a session
+// ends (host gone, or garbage from a host that restarted) it goes back to waiting.
+func Serve(ctx context.Context, port io.ReadWriter, version string, log *slog.Logger, handle func(net.Conn)) error {
+	pr := &patientReader{ctx: ctx, r: port}
+	br := bufio.NewReaderSize(pr, 64<<10)
+	var wmu sync.Mutex // one write at a time on the port, across sessions
+	for {
+		if err := scanFor(br, syncMarker); err != nil {
+			return err
+		}
+		line, err := readLine(br)
+		if err != nil {
+			return err
+		}
+		nonce, err := ParseSync(line)
+		if err != nil {
+			logf(log, "link: ignoring bad sync", "err", err)
+			continue
+		}
+		w := &sessionWriter{mu: &wmu, w: port}
+		if _, err := w.Write([]byte(ackMarker + nonce + " " + version + "\n")); err != nil {
+			return err
+		}
+		pr.eofEndsSession.Store(true)
+		mux, err := yamux.Server(readerConn{r: br, w: w}, yamuxConfig())
+		if err != nil {
+			return err
+		}
+		logf(log, "link: host connected")
+		for {
+			c, err := mux.AcceptStream()
+			if err != nil {
+				break
+			}
+			go handle(c)
+		}
+		mux.Close()
+		w.close()
+		pr.eofEndsSession.Store(false)
+		logf(log, "link: host session ended")
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+	}
+}
+
+// patientReader turns the port's "no host connected" EOFs into waiting, except while a
+// session runs, where EOF means the host went away and ends the session.
+type patientReader struct {
+	ctx            context.Context
+	r              io.Reader
+	eofEndsSession atomic.Bool
+}
+
+func (p *patientReader) Read(b []byte) (int, error) {
+	for {
+		n, err := p.r.Read(b)
+		if n > 0 || (err != nil && !errors.Is(err, io.EOF)) {
+			return n, err
+		}
+		if p.eofEndsSession.CompareAndSwap(true, false) {
+			return 0, io.EOF
+		}
+		select {
+		case <-p.ctx.Done():
+			return 0, p.ctx.Err()
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+}
+
+// sessionWriter lets a dead session's sender finish at most the write it is blocked in;
+// later writes fail, so nothing of it follows the next session's ack.
+type sessionWriter struct {
+	mu     *sync.Mutex
+	w      io.Writer
+	closed bool
+	cmu    sync.Mutex
+}
+
+func (s *sessionWriter) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.cmu.Lock()
+	closed := s.closed
+	s.cmu.Unlock()
+	if closed {
+		return 0, net.ErrClosed
+	}
+	return s.w.Write(p)
+}
+
+func (s *sessionWriter) close() {
+	s.cmu.Lock()
+	s.closed = true
+	s.cmu.Unlock()
+}

@@ -1,0 +1,131 @@
+package link
+
+import (
+	"bufio"
+	"context"
+	"io"
+	"net"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+)
+
+func TestScanForSkipsStaleBytes(t *testing.T) {
+	in := "garbage\xff\xffMVMACK1 x\xffMVMSYNC\xffMVMSYNC1 rest"
+	br := bufio.NewReader(strings.NewReader(in))
+	if err := scanFor(br, syncMarker); err != nil {
+		t.Fatal(err)
+	}
+	rest, _ := io.ReadAll(br)
+	if string(rest) != "rest" {
+		t.Fatalf("rest %q", rest)
+	}
+}
+
+func TestParseAck(t *testing.T) {
+	n := strings.Repeat("ab", 16)
+	tests := []struct {
+		line string
+		ok   bool
+	}{
+		{n + " v1.0", true},
+		{n, false},
+		{"zz" + n[2:] + " v", false},
+		{n[:30] + " v", false},
+	}
+	for _, tc := range tests {
+		if _, _, err := ParseAck(tc.line); (err == nil) != tc.ok {
+			t.Errorf("%q: %v", tc.line, err)
+		}
+	}
+}
+
+// TestReconnect: a host goes away mid-session and a new one syncs through the stale
+// bytes, as after a supervisor restart or a snapshot restore.
+func TestReconnect(t *testing.T) {
+	guest, host1 := net.Pipe()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	sw := &switchable{conn: guest}
+	go Serve(ctx, sw, "v-test", nil, func(c net.Conn) {
+		io.Copy(c, c) // echo
+		c.Close()
+	})
+	echo := func(s *Session) {
+		t.Helper()
+		c, err := s.Open(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		c.Write([]byte("ping"))
+		buf := make([]byte, 4)
+		c.SetReadDeadline(time.Now().Add(5 * time.Second))
+		if _, err := io.ReadFull(c, buf); err != nil || string(buf) != "ping" {
+			t.Fatalf("echo: %q %v", buf, err)
+		}
+		c.Close()
+	}
+	dctx, dc := context.WithTimeout(ctx, 5*time.Second)
+	defer dc()
+	s1, err := Dial(dctx, host1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	echo(s1)
+	// The first host vanishes; a second one arrives after some junk.
+	guest2, host2 := net.Pipe()
+	sw.swap(guest2)
+	host1.Close()
+	go host2.Write([]byte("junk-from-nowhere"))
+	time.Sleep(50 * time.Millisecond)
+	s2, err := Dial(dctx, host2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if s2.AgentVersion != "v-test" {
+		t.Fatalf("version %q", s2.AgentVersion)
+	}
+	echo(s2)
+}
+
+// switchable stands in for a virtio-serial port whose host side changes.
+type switchable struct {
+	mu   sync.Mutex
+	conn net.Conn
+}
+
+func (s *switchable) cur() net.Conn {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.conn
+}
+
+func (s *switchable) swap(c net.Conn) {
+	s.mu.Lock()
+	old := s.conn
+	s.conn = c
+	s.mu.Unlock()
+	old.Close()
+}
+
+func (s *switchable) Read(p []byte) (int, error) {
+	n, err := s.cur().Read(p)
+	if err != nil && n == 0 {
+		return 0, io.EOF // a port reports EOF while no host is connected
+	}
+	return n, err
+}
+
+func (s *switchable) Write(p []byte) (int, error) { return s.cur().Write(p) }
+
+func FuzzParseSyncAck(f *testing.F) {
+	f.Add(strings.Repeat("0f", 16) + " v1")
+	f.Fuzz(func(t *testing.T, line string) {
+		_, _ = ParseSync(line)
+		_, _, _ = ParseAck(line)
+		br := bufio.NewReader(strings.NewReader(line))
+		_ = scanFor(br, syncMarker)
+		_, _ = readLine(br)
+	})
+}

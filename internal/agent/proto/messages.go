@@ -1,0 +1,154 @@
+package proto
+
+import (
+	"errors"
+	"fmt"
+)
+
+// Hello is the agent's first frame on every connection.
+type Hello struct {
+	Proto        int      `json:"proto"`
+	AgentVersion string   `json:"agent_version"`
+	Capabilities []string `json:"capabilities"`
+	Nonce        []byte   `json:"nonce"`
+}
+
+// Auth is the host's answer to Hello: its own nonce and a MAC proving it holds the token.
+type Auth struct {
+	Proto int    `json:"proto"`
+	Nonce []byte `json:"nonce"`
+	MAC   []byte `json:"mac"`
+}
+
+// AuthOK proves the agent holds the token too.
+type AuthOK struct {
+	MAC []byte `json:"mac"`
+}
+
+// Operations a Request can ask for.
+const (
+	OpPing     = "ping"
+	OpExec     = "exec"
+	OpSetTime  = "settime"
+	OpPoweroff = "poweroff"
+	OpInfo     = "info"
+)
+
+// Request asks the agent to do one thing. One request per connection.
+type Request struct {
+	Op      string       `json:"op"`
+	Exec    *ExecRequest `json:"exec,omitempty"`
+	SetTime *SetTime     `json:"settime,omitempty"`
+}
+
+// ExecRequest starts a process in the guest.
+type ExecRequest struct {
+	Argv      []string `json:"argv"`
+	Env       []string `json:"env,omitempty"` // KEY=VALUE, added to the agent's default environment
+	Cwd       string   `json:"cwd,omitempty"`
+	TimeoutMs int64    `json:"timeout_ms,omitempty"`
+	Stdin     bool     `json:"stdin,omitempty"` // the host will send TStdin frames and a TStdinEOF
+}
+
+// Limits on an exec request, checked by the agent.
+const (
+	MaxArgs   = 4096
+	MaxEnv    = 4096
+	MaxArgLen = 32 << 10
+)
+
+// Validate checks an exec request from an untrusted peer.
+func (e *ExecRequest) Validate() error {
+	if len(e.Argv) == 0 || e.Argv[0] == "" {
+		return errors.New("exec: empty command")
+	}
+	if len(e.Argv) > MaxArgs || len(e.Env) > MaxEnv {
+		return errors.New("exec: too many arguments or environment entries")
+	}
+	for _, s := range append(append([]string(nil), e.Argv...), e.Env...) {
+		if len(s) > MaxArgLen {
+			return errors.New("exec: argument too long")
+		}
+		for i := 0; i < len(s); i++ {
+			if s[i] == 0 {
+				return errors.New("exec: argument contains a NUL byte")
+			}
+		}
+	}
+	for _, kv := range e.Env {
+		if i := indexByte(kv, '='); i <= 0 {
+			return fmt.Errorf("exec: environment entry %q is not KEY=VALUE", kv)
+		}
+	}
+	if e.TimeoutMs < 0 {
+		return errors.New("exec: negative timeout")
+	}
+	return nil
+}
+
+func indexByte(s string, c byte) int {
+	for i := 0; i < len(s); i++ {
+		if s[i] == c {
+			return i
+		}
+	}
+	return -1
+}
+
+// SetTime sets the guest wall clock.
+type SetTime struct {
+	UnixNano int64 `json:"unix_nano"`
+}
+
+// Response answers a Request. For exec it says the process started (or why not);
+// output and the exit status follow in later frames.
+type Response struct {
+	OK    bool       `json:"ok"`
+	Error string     `json:"error,omitempty"`
+	Code  int        `json:"code,omitempty"` // exec: exit code to report when the start failed (126, 127)
+	PID   int        `json:"pid,omitempty"`
+	Info  *AgentInfo `json:"info,omitempty"`
+}
+
+// AgentInfo describes the running agent and guest.
+type AgentInfo struct {
+	AgentVersion string  `json:"agent_version"`
+	Hostname     string  `json:"hostname"`
+	Kernel       string  `json:"kernel"`
+	UptimeSec    float64 `json:"uptime_sec"`
+	BootMillis   int64   `json:"boot_ms"` // guest uptime when the agent started serving
+}
+
+// Exit reports how an exec'd process ended.
+type Exit struct {
+	Code     int    `json:"code"`             // the value mvmctl exits with: status, or 128+signal
+	Signal   int    `json:"signal,omitempty"` // non-zero when killed by a signal
+	TimedOut bool   `json:"timed_out,omitempty"`
+	Error    string `json:"error,omitempty"`
+}
+
+// Signal asks the agent to signal the running process group.
+type Signal struct {
+	Signal int `json:"signal"`
+}
+
+// Error ends a connection with a reason.
+type Error struct {
+	Code    string `json:"code"`
+	Message string `json:"message"`
+}
+
+// Error codes.
+const (
+	ErrCodeAuth     = "auth_failed"
+	ErrCodeProtocol = "protocol"
+	ErrCodeBadReq   = "bad_request"
+)
+
+// RemoteError is an Error frame received from the peer.
+type RemoteError struct {
+	Code    string
+	Message string
+}
+
+func (e *RemoteError) Error() string { return fmt.Sprintf("agent: %s (%s)", e.Message, e.Code) }

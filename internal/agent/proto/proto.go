@@ -1,0 +1,205 @@
+// Package proto is the wire protocol between the host and mvm-agent.
+//
+// Each agent connection (a vsock stream, or a yamux stream over the virtio-serial port)
+// carries length-prefixed frames: a 4-byte big-endian payload length, a 1-byte frame
+// type, then the payload. Control frames carry JSON; data frames (stdin, stdout, stderr)
+// carry raw bytes, so bulk transfers cost no encoding. Every frame is size-limited and
+// every connection starts with an HMAC handshake keyed by the per-VM token.
+//
+// We use our own framing rather than gRPC or ttrpc: the agent is PID 1 of a guest that
+// boots under software emulation, where every megabyte of binary and every package
+// initialiser costs boot time, and exec/cp/forward are streams that map directly onto
+// one connection each, with flow control from the transport underneath.
+package proto
+
+import (
+	"bufio"
+	"encoding/binary"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"sync"
+)
+
+// Version is the protocol version. A peer refuses a different major version.
+const Version = 1
+
+// AgentPort is the vsock port the agent listens on (and the port named in the
+// hybrid-vsock CONNECT line).
+const AgentPort = 1024
+
+// Frame size limits: control frames are JSON and small; data frames carry stream chunks.
+const (
+	MaxControlPayload = 64 << 10
+	MaxDataPayload    = 1 << 20
+	headerLen         = 5
+)
+
+// Type identifies a frame.
+type Type uint8
+
+// Frame types. Values are part of the wire format: append, never renumber.
+const (
+	THello    Type = 1  // agent -> host: Hello
+	TAuth     Type = 2  // host -> agent: Auth
+	TAuthOK   Type = 3  // agent -> host: AuthOK
+	TRequest  Type = 4  // host -> agent: Request
+	TResponse Type = 5  // agent -> host: Response
+	TStdin    Type = 6  // host -> agent: raw bytes
+	TStdinEOF Type = 7  // host -> agent: empty
+	TStdout   Type = 8  // agent -> host: raw bytes
+	TStderr   Type = 9  // agent -> host: raw bytes
+	TExit     Type = 10 // agent -> host: Exit
+	TSignal   Type = 11 // host -> agent: Signal
+	TError    Type = 12 // either way: Error, then the connection closes
+)
+
+func (t Type) String() string {
+	names := [...]string{"", "hello", "auth", "auth-ok", "request", "response", "stdin", "stdin-eof",
+		"stdout", "stderr", "exit", "signal", "error"}
+	if int(t) < len(names) && t != 0 {
+		return names[t]
+	}
+	return fmt.Sprintf("type(%d)", uint8(t))
+}
+
+// IsData reports whether a frame type carries raw bytes rather than JSON.
+func (t Type) IsData() bool { return t == TStdin || t == TStdout || t == TStderr }
+
+func (t Type) known() bool { return t >= THello && t <= TError }
+
+// MaxPayload is the size limit for a frame type.
+func (t Type) MaxPayload() int {
+	if t.IsData() {
+		return MaxDataPayload
+	}
+	return MaxControlPayload
+}
+
+// ErrFrameTooLarge is returned for a frame over its type's size limit.
+var ErrFrameTooLarge = errors.New("agent frame too large")
+
+// Frame is one decoded frame.
+type Frame struct {
+	Type    Type
+	Payload []byte
+}
+
+// ReadFrame reads one frame, refusing unknown types and oversized payloads before
+// allocating for them.
+func ReadFrame(r io.Reader) (Frame, error) {
+	var hdr [headerLen]byte
+	if _, err := io.ReadFull(r, hdr[:]); err != nil {
+		return Frame{}, err
+	}
+	n := binary.BigEndian.Uint32(hdr[:4])
+	t := Type(hdr[4])
+	if !t.known() {
+		return Frame{}, fmt.Errorf("unknown agent frame type %d", hdr[4])
+	}
+	if n > uint32(t.MaxPayload()) {
+		return Frame{}, fmt.Errorf("%w: %s frame of %d bytes (limit %d)", ErrFrameTooLarge, t, n, t.MaxPayload())
+	}
+	p := make([]byte, n)
+	if _, err := io.ReadFull(r, p); err != nil {
+		if err == io.EOF {
+			err = io.ErrUnexpectedEOF
+		}
+		return Frame{}, err
+	}
+	return Frame{Type: t, Payload: p}, nil
+}
+
+// AppendFrame appends the encoding of a frame to b.
+func AppendFrame(b []byte, t Type, payload []byte) []byte {
+	b = binary.BigEndian.AppendUint32(b, uint32(len(payload)))
+	b = append(b, byte(t))
+	return append(b, payload...)
+}
+
+// Conn reads and writes frames on a stream. Writes are safe from several goroutines
+// (stdout and stderr pumps share one connection); reads belong to one goroutine.
+type Conn struct {
+	rw  io.ReadWriter
+	r   *bufio.Reader
+	wmu sync.Mutex
+	buf []byte
+}
+
+// NewConn wraps a stream.
+func NewConn(rw io.ReadWriter) *Conn {
+	return &Conn{rw: rw, r: bufio.NewReaderSize(rw, 64<<10)}
+}
+
+// Read reads the next frame.
+func (c *Conn) Read() (Frame, error) { return ReadFrame(c.r) }
+
+// WriteData writes a data frame, splitting payloads over the limit.
+func (c *Conn) WriteData(t Type, p []byte) error {
+	for len(p) > 0 {
+		n := min(len(p), MaxDataPayload)
+		if err := c.writeFrame(t, p[:n]); err != nil {
+			return err
+		}
+		p = p[n:]
+	}
+	return nil
+}
+
+// WriteEmpty writes a frame without payload, such as TStdinEOF.
+func (c *Conn) WriteEmpty(t Type) error { return c.writeFrame(t, nil) }
+
+// WriteJSON writes a control frame with v encoded as JSON.
+func (c *Conn) WriteJSON(t Type, v any) error {
+	p, err := json.Marshal(v)
+	if err != nil {
+		return fmt.Errorf("encode %s frame: %w", t, err)
+	}
+	if len(p) > MaxControlPayload {
+		return fmt.Errorf("%w: %s frame of %d bytes", ErrFrameTooLarge, t, len(p))
+	}
+	return c.writeFrame(t, p)
+}
+
+func (c *Conn) writeFrame(t Type, p []byte) error {
+	c.wmu.Lock()
+	defer c.wmu.Unlock()
+	c.buf = AppendFrame(c.buf[:0], t, p)
+	_, err := c.rw.Write(c.buf)
+	if cap(c.buf) > 2*MaxDataPayload {
+		c.buf = nil
+	}
+	return err
+}
+
+// Expect reads the next frame and decodes it into v if it has type t. A TError frame
+// is returned as a *RemoteError.
+func (c *Conn) Expect(t Type, v any) error {
+	f, err := c.Read()
+	if err != nil {
+		return err
+	}
+	return Decode(f, t, v)
+}
+
+// Decode decodes a control frame of the wanted type into v.
+func Decode(f Frame, want Type, v any) error {
+	if f.Type == TError && want != TError {
+		var e Error
+		if err := json.Unmarshal(f.Payload, &e); err != nil {
+			return fmt.Errorf("decode error frame: %w", err)
+		}
+		return &RemoteError{Code: e.Code, Message: e.Message}
+	}
+	if f.Type != want {
+		return fmt.Errorf("agent protocol: got %s frame, want %s", f.Type, want)
+	}
+	if v == nil {
+		return nil
+	}
+	if err := json.Unmarshal(f.Payload, v); err != nil {
+		return fmt.Errorf("decode %s frame: %w", f.Type, err)
+	}
+	return nil
+}

@@ -1,0 +1,214 @@
+package agent_test
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/mvm-dev/mvm/internal/agent/client"
+	"github.com/mvm-dev/mvm/internal/agent/hybrid"
+	"github.com/mvm-dev/mvm/internal/agent/link"
+	"github.com/mvm-dev/mvm/internal/agent/proto"
+	"github.com/mvm-dev/mvm/internal/agent/server"
+)
+
+type fakeGuest struct {
+	poweroffs atomic.Int32
+	lastTime  atomic.Int64
+}
+
+func (g *fakeGuest) Info() proto.AgentInfo {
+	return proto.AgentInfo{AgentVersion: "test", Hostname: "h"}
+}
+func (g *fakeGuest) SetTime(ns int64) error { g.lastTime.Store(ns); return nil }
+func (g *fakeGuest) Poweroff()              { g.poweroffs.Add(1) }
+
+// stack runs the real guest server behind the real link, the hybrid socket on the
+// host, and returns the socket path: the same path every mvmctl command takes.
+func stack(t *testing.T, token []byte) (string, *fakeGuest) {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(cancel)
+	fds, err := syscall.Socketpair(syscall.AF_UNIX, syscall.SOCK_STREAM|syscall.SOCK_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	guestEnd := os.NewFile(uintptr(fds[0]), "guest")
+	hostFile := os.NewFile(uintptr(fds[1]), "host")
+	hostEnd, err := net.FileConn(hostFile)
+	hostFile.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { guestEnd.Close(); hostEnd.Close() })
+	g := &fakeGuest{}
+	log := slog.New(slog.NewTextHandler(io.Discard, nil))
+	srv := &server.Server{Token: []byte("guest-token-0123456789"), Version: "test", Log: log,
+		Reaper: server.NewReaper(ctx), Guest: g}
+	go link.Serve(ctx, guestEnd, "test", log, func(c net.Conn) { srv.Serve(ctx, c) })
+
+	dctx, dcancel := context.WithTimeout(ctx, 5*time.Second)
+	defer dcancel()
+	sess, err := link.Dial(dctx, hostEnd)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if sess.AgentVersion != "test" {
+		t.Fatalf("agent version %q", sess.AgentVersion)
+	}
+	sock := filepath.Join(t.TempDir(), "agent.sock")
+	l, err := net.Listen("unix", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	go hybrid.Serve(ctx, l, func(ctx context.Context, port uint32) (net.Conn, error) {
+		if port != proto.AgentPort {
+			return nil, hybrid.ErrNoListener
+		}
+		return sess.Open(ctx)
+	}, log)
+	return sock, g
+}
+
+var goodToken = []byte("guest-token-0123456789")
+
+func TestPingAndSetTime(t *testing.T) {
+	sock, g := stack(t, goodToken)
+	cl := client.NewHybrid(sock, goodToken)
+	ctx := context.Background()
+	info, err := cl.Ping(ctx)
+	if err != nil || info.AgentVersion != "test" {
+		t.Fatalf("ping: %v %+v", err, info)
+	}
+	now := time.Now()
+	if err := cl.SetTime(ctx, now); err != nil {
+		t.Fatal(err)
+	}
+	if g.lastTime.Load() != now.UnixNano() {
+		t.Fatalf("settime delivered %d, want %d", g.lastTime.Load(), now.UnixNano())
+	}
+	if err := cl.Poweroff(ctx); err != nil || g.poweroffs.Load() != 1 {
+		t.Fatalf("poweroff: %v %d", err, g.poweroffs.Load())
+	}
+}
+
+func TestWrongTokenRefused(t *testing.T) {
+	sock, _ := stack(t, goodToken)
+	for _, tok := range [][]byte{[]byte("wrong-token-0123456789"), nil} {
+		_, err := client.NewHybrid(sock, tok).Ping(context.Background())
+		if !errors.Is(err, proto.ErrAuth) {
+			t.Fatalf("token %q: want auth error, got %v", tok, err)
+		}
+	}
+	// A raw peer that skips the handshake gets nothing but an error frame.
+	c, err := client.DialHybrid(context.Background(), sock, proto.AgentPort)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	pc := proto.NewConn(c)
+	var h proto.Hello
+	if err := pc.Expect(proto.THello, &h); err != nil {
+		t.Fatal(err)
+	}
+	if err := pc.WriteJSON(proto.TRequest, proto.Request{Op: proto.OpPoweroff}); err != nil {
+		t.Fatal(err)
+	}
+	if f, err := pc.Read(); err == nil && f.Type != proto.TError {
+		t.Fatalf("unauthenticated request answered with %s", f.Type)
+	}
+}
+
+func TestExec(t *testing.T) {
+	sock, _ := stack(t, goodToken)
+	cl := client.NewHybrid(sock, goodToken)
+	tests := []struct {
+		name       string
+		argv       []string
+		env        []string
+		cwd        string
+		stdin      string
+		timeout    time.Duration
+		wantOut    string
+		wantErr    string
+		wantCode   int
+		wantStart  int // StartError code
+		wantTimeou bool
+	}{
+		{name: "stdout", argv: []string{"echo", "hello"}, wantOut: "hello\n"},
+		{name: "stderr and code", argv: []string{"sh", "-c", "echo oops >&2; exit 3"}, wantErr: "oops\n", wantCode: 3},
+		{name: "env and cwd", argv: []string{"sh", "-c", "echo $FOO; pwd"}, env: []string{"FOO=bar"}, cwd: "/tmp", wantOut: "bar\n/tmp\n"},
+		{name: "stdin", argv: []string{"cat"}, stdin: "from host\n", wantOut: "from host\n"},
+		{name: "not found", argv: []string{"no-such-command-xyz"}, wantStart: 127},
+		{name: "not executable", argv: []string{"/etc/hostname"}, wantStart: 126},
+		{name: "bad cwd", argv: []string{"true"}, cwd: "/no/such/dir", wantStart: 126},
+		{name: "signal", argv: []string{"sh", "-c", "kill -TERM $$"}, wantCode: 128 + 15},
+		{name: "timeout", argv: []string{"sleep", "30"}, timeout: 300 * time.Millisecond, wantCode: 137, wantTimeou: true},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			var out, errb bytes.Buffer
+			o := client.ExecOptions{Argv: tc.argv, Env: tc.env, Cwd: tc.cwd, Timeout: tc.timeout, Stdout: &out, Stderr: &errb}
+			if tc.stdin != "" {
+				o.Stdin = strings.NewReader(tc.stdin)
+			}
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			defer cancel()
+			ex, err := cl.Exec(ctx, o)
+			if tc.wantStart != 0 {
+				var se *client.StartError
+				if !errors.As(err, &se) || se.Code != tc.wantStart {
+					t.Fatalf("want start error %d, got %v", tc.wantStart, err)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if ex.Code != tc.wantCode || ex.TimedOut != tc.wantTimeou {
+				t.Fatalf("exit %+v, want code %d timedout %v", ex, tc.wantCode, tc.wantTimeou)
+			}
+			if out.String() != tc.wantOut || errb.String() != tc.wantErr {
+				t.Fatalf("stdout %q stderr %q", out.String(), errb.String())
+			}
+		})
+	}
+}
+
+func TestExecConcurrentAndLarge(t *testing.T) {
+	sock, _ := stack(t, goodToken)
+	cl := client.NewHybrid(sock, goodToken)
+	const n = 10
+	errs := make(chan error, n)
+	for i := 0; i < n; i++ {
+		go func() {
+			var out countWriter
+			// 8 MiB through one stream, ten at once over one link.
+			ex, err := cl.Exec(context.Background(), client.ExecOptions{
+				Argv: []string{"head", "-c", "8388608", "/dev/zero"}, Stdout: &out})
+			if err == nil && (ex.Code != 0 || out.n != 8<<20) {
+				err = errors.New("short output")
+			}
+			errs <- err
+		}()
+	}
+	for i := 0; i < n; i++ {
+		if err := <-errs; err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+type countWriter struct{ n int }
+
+func (w *countWriter) Write(p []byte) (int, error) { w.n += len(p); return len(p), nil }

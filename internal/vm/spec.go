@@ -1,0 +1,102 @@
+package vm
+
+import (
+	"fmt"
+	"time"
+)
+
+// Hypervisor backends a user can ask for.
+const (
+	HypervisorAuto        = "auto"
+	HypervisorQEMU        = "qemu"
+	HypervisorFirecracker = "firecracker"
+)
+
+// Network modes of the skeleton: the default bridge, or no NIC at all.
+const (
+	NetworkDefault = "default"
+	NetworkNone    = "none"
+)
+
+// MinMemoryMiB is the smallest guest that boots the default image reliably.
+const MinMemoryMiB = 128
+
+// Spec is what a user asks for with `mvmctl up`.
+type Spec struct {
+	Name        string `json:"name"`
+	Image       string `json:"image"`
+	CPUs        int    `json:"cpus"`
+	MemoryMiB   int64  `json:"memory_mib"`
+	DataDiskMiB int64  `json:"data_disk_mib,omitempty"`
+	Network     string `json:"network"`
+	Hypervisor  string `json:"hypervisor"`
+}
+
+// Validate checks a spec against the host's limits. hostCPUs is the number of host cores.
+func (s Spec) Validate(hostCPUs int) error {
+	if err := ValidateName(s.Name); err != nil {
+		return err
+	}
+	if s.Image == "" {
+		return fmt.Errorf("image is empty: use --image default, or see `mvmctl image ls`")
+	}
+	if s.CPUs < 1 || s.CPUs > hostCPUs {
+		return fmt.Errorf("--cpus %d is out of range: this host has %d cores, use 1..%d", s.CPUs, hostCPUs, hostCPUs)
+	}
+	if s.MemoryMiB < MinMemoryMiB {
+		return fmt.Errorf("--memory %s is too small: use at least %dM", FormatMiB(s.MemoryMiB), MinMemoryMiB)
+	}
+	if s.DataDiskMiB < 0 || (s.DataDiskMiB > 0 && s.DataDiskMiB < 8) {
+		return fmt.Errorf("--data-disk %s is too small: use at least 8M", FormatMiB(s.DataDiskMiB))
+	}
+	switch s.Network {
+	case NetworkDefault, NetworkNone:
+	default:
+		return fmt.Errorf("--network %q is unknown: use default or none", s.Network)
+	}
+	switch s.Hypervisor {
+	case HypervisorAuto, HypervisorQEMU, HypervisorFirecracker:
+	default:
+		return fmt.Errorf("--hypervisor %q is unknown: use auto, qemu or firecracker", s.Hypervisor)
+	}
+	return nil
+}
+
+// Record is a VM as the state store keeps it.
+type Record struct {
+	ID   string `json:"id"`
+	Spec Spec   `json:"spec"`
+
+	State      State  `json:"state"`
+	Backend    string `json:"backend"`
+	Accel      string `json:"accel"`
+	ImageRef   string `json:"image_digest"`
+	Kernel     string `json:"kernel"`
+	IP         string `json:"ip,omitempty"`      // CIDR, e.g. 172.28.0.2/24
+	Gateway    string `json:"gateway,omitempty"` // e.g. 172.28.0.1
+	MAC        string `json:"mac,omitempty"`
+	Bridge     string `json:"bridge,omitempty"`
+	TAP        string `json:"tap,omitempty"`
+	Foreground bool   `json:"foreground,omitempty"`
+
+	CreatedAt  time.Time `json:"created_at"`
+	StartedAt  time.Time `json:"started_at,omitzero"`
+	ReadyAt    time.Time `json:"ready_at,omitzero"`
+	ExitedAt   time.Time `json:"exited_at,omitzero"`
+	ExitReason string    `json:"exit_reason,omitempty"`
+
+	// Processes, identified by PID and start time so a recycled PID is never mistaken for ours.
+	SupervisorPID   int    `json:"supervisor_pid,omitempty"`
+	SupervisorStart uint64 `json:"supervisor_start,omitempty"`
+	HypervisorPID   int    `json:"hypervisor_pid,omitempty"`
+	HypervisorStart uint64 `json:"hypervisor_start,omitempty"`
+}
+
+// SetState moves the record to a new state, enforcing the state machine.
+func (r *Record) SetState(to State) error {
+	if err := Transition(r.State, to); err != nil {
+		return fmt.Errorf("vm %s: %w", r.Spec.Name, err)
+	}
+	r.State = to
+	return nil
+}
