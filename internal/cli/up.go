@@ -1,0 +1,149 @@
+package cli
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/mvm-dev/mvm/internal/image"
+	"github.com/mvm-dev/mvm/internal/runtime"
+	"github.com/mvm-dev/mvm/internal/supervisor"
+	"github.com/mvm-dev/mvm/internal/vm"
+)
+
+func newUpCmd(a *app) *cobra.Command {
+	var (
+		spec        vm.Spec
+		memory      string
+		dataDisk    string
+		detach      bool
+		bootTimeout time.Duration
+	)
+	c := &cobra.Command{
+		Use:   "up [flags]",
+		Short: "Boot a microVM (foreground: console on the terminal, Ctrl-C stops it; -d: in the background)",
+		Example: `  mvmctl up -d --name web
+  mvmctl up -d --cpus 2 --memory 1G --data-disk 512M
+  mvmctl up --name t1          # console on the terminal; Ctrl-C stops the VM`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			mem, err := vm.ParseSize(memory)
+			if err != nil {
+				return fmt.Errorf("--memory: %w", err)
+			}
+			spec.MemoryMiB = mem / vm.MiB
+			if dataDisk != "" {
+				d, err := vm.ParseSize(dataDisk)
+				if err != nil {
+					return fmt.Errorf("--data-disk: %w", err)
+				}
+				spec.DataDiskMiB = d / vm.MiB
+			}
+			rt, err := a.runtime()
+			if err != nil {
+				return err
+			}
+			opts := runtime.UpOptions{Spec: spec, Foreground: !detach, BootTimeout: bootTimeout}
+			var console io.ReadWriteCloser
+			if !detach {
+				opts.OnStarted = func(rec vm.Record, notice string) {
+					if notice != "" {
+						fmt.Fprintln(a.stderr, "notice:", notice)
+					}
+					fmt.Fprintf(a.stderr, "Booting %s; Ctrl-C stops it.\n", rec.Spec.Name)
+					if c, err := rt.AttachConsole(cmd.Context(), rec.Spec.Name); err == nil {
+						console = c
+						go func() { _, _ = io.Copy(a.stdout, c) }()
+					}
+				}
+			}
+			st, err := rt.Up(cmd.Context(), opts)
+			if err != nil {
+				if console != nil {
+					console.Close()
+				}
+				return err
+			}
+			r := st.Record
+			if detach {
+				if st.Notice != "" {
+					fmt.Fprintln(a.stderr, "notice:", st.Notice)
+				}
+				ip := r.IP
+				if ip == "" {
+					ip = "none"
+				}
+				fmt.Fprintf(a.stdout, "%s is running: ip %s, backend %s, accel %s, ready in %.2fs\n",
+					r.Spec.Name, hostIP(ip), r.Backend, r.Accel, st.Ready.Seconds())
+				return nil
+			}
+			return a.foreground(rt, st, console)
+		},
+	}
+	f := c.Flags()
+	f.StringVar(&spec.Name, "name", "", "VM name: a-z, 0-9 and '-', at most 63 (default: a random adjective-noun)")
+	f.StringVar(&spec.Image, "image", image.DefaultName, "image to boot (see `mvmctl image ls`)")
+	f.IntVar(&spec.CPUs, "cpus", 1, "virtual CPUs (1 to the host's core count)")
+	f.StringVar(&memory, "memory", "512M", "guest memory, e.g. 512M or 1G (at least 128M)")
+	f.StringVar(&dataDisk, "data-disk", "", "add a data drive of this size (vdd, mounted at /mnt/data), e.g. 256M")
+	f.StringVar(&spec.Network, "network", vm.NetworkDefault, "network: default (bridge with a static address) or none (no NIC)")
+	f.StringVar(&spec.Hypervisor, "hypervisor", vm.HypervisorAuto, "hypervisor: auto, qemu or firecracker")
+	f.BoolVarP(&detach, "detach", "d", false, "run in the background and return once the guest agent answers")
+	f.DurationVar(&bootTimeout, "boot-timeout", 2*time.Minute, "give up if the guest agent has not answered by then")
+	return c
+}
+
+// foreground streams the console until the VM ends; Ctrl-C stops the VM.
+func (a *app) foreground(rt *runtime.Runtime, st *runtime.Started, console io.ReadWriteCloser) error {
+	r := st.Record
+	fmt.Fprintf(a.stderr, "%s is running: ip %s, ready in %.2fs. Ctrl-C stops it.\n", r.Spec.Name, hostIP(orNone(r.IP)), st.Ready.Seconds())
+	sigs := make(chan os.Signal, 1)
+	signal.Notify(sigs, os.Interrupt, syscall.SIGTERM)
+	defer signal.Stop(sigs)
+	done := make(chan struct{})
+	go func() {
+		st.WaitSupervisor()
+		close(done)
+	}()
+	select {
+	case <-done:
+	case <-sigs:
+		fmt.Fprintf(a.stderr, "\nStopping %s...\n", r.Spec.Name)
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		err := supervisor.RequestStop(ctx, rt.Root.VM(r.ID).ControlSocket(), supervisor.DefaultStopTimeout)
+		cancel()
+		if err != nil {
+			st.Foreground.Close() // the supervisor stops the VM when we let go
+		}
+		<-done
+	}
+	if console != nil {
+		console.Close()
+	}
+	st.Foreground.Close()
+	final, err := rt.Get(r.Spec.Name)
+	if err == nil {
+		fmt.Fprintf(a.stderr, "%s exited: %s\n", r.Spec.Name, final.ExitReason)
+	}
+	return nil
+}
+
+// hostIP drops the prefix length of a CIDR for display.
+func hostIP(cidr string) string {
+	ip, _, _ := strings.Cut(cidr, "/")
+	return ip
+}
+
+func orNone(s string) string {
+	if s == "" {
+		return "none"
+	}
+	return s
+}

@@ -1,0 +1,105 @@
+// Package layout names every file mvm keeps under its root directory (/var/lib/mvm, or
+// MVM_ROOT), so no other package builds paths by hand.
+package layout
+
+import (
+	"fmt"
+	"os"
+	"path/filepath"
+)
+
+// DefaultRoot is where mvm keeps state, images and runtime files unless told otherwise.
+const DefaultRoot = "/var/lib/mvm"
+
+// EnvRoot names the environment variable that moves the root.
+const EnvRoot = "MVM_ROOT"
+
+// maxSocketPath is sun_path's size minus the terminating NUL.
+const maxSocketPath = 107
+
+// Root is an mvm root directory.
+type Root struct{ Dir string }
+
+// New returns the root at dir (made absolute).
+func New(dir string) (Root, error) {
+	abs, err := filepath.Abs(dir)
+	if err != nil {
+		return Root{}, err
+	}
+	r := Root{Dir: abs}
+	if probe := r.VM("0123456789ab").AgentSocket(); len(probe) > maxSocketPath {
+		return Root{}, fmt.Errorf("mvm root %s is too long: its Unix sockets would exceed %d bytes; use a shorter --root or %s", abs, maxSocketPath, EnvRoot)
+	}
+	return r, nil
+}
+
+// Images is the image store.
+func (r Root) Images() string { return filepath.Join(r.Dir, "images") }
+
+// Cache holds downloads (kernel packages).
+func (r Root) Cache() string { return filepath.Join(r.Dir, "cache") }
+
+// State is the directory of the state database.
+func (r Root) State() string { return r.Dir }
+
+// VMs holds one directory per VM.
+func (r Root) VMs() string { return filepath.Join(r.Dir, "vms") }
+
+// VM returns the layout of one VM's directory, keyed by its ID.
+func (r Root) VM(id string) VMDir { return VMDir{Dir: filepath.Join(r.VMs(), id)} }
+
+// EnsureDirs creates the root's directories.
+func (r Root) EnsureDirs() error {
+	for _, d := range []string{r.Dir, r.Images(), r.Cache(), r.VMs()} {
+		if err := os.MkdirAll(d, 0o755); err != nil {
+			return fmt.Errorf("create %s: %w", d, err)
+		}
+	}
+	return os.Chmod(r.VMs(), 0o700) // tokens and consoles live below
+}
+
+// VMDir is a VM's private directory.
+type VMDir struct{ Dir string }
+
+func (v VMDir) path(name string) string { return filepath.Join(v.Dir, name) }
+
+// Lock is held by whoever owns the VM (the CLI while creating, then its supervisor).
+func (v VMDir) Lock() string { return v.path("lock") }
+
+// Rootfs is the VM's private copy of the image rootfs (vda).
+func (v VMDir) Rootfs() string { return v.path("rootfs.ext4") }
+
+// Config is the config drive (vdb).
+func (v VMDir) Config() string { return v.path("config.ext4") }
+
+// Secrets is the secrets drive (vdc).
+func (v VMDir) Secrets() string { return v.path("secrets.ext4") }
+
+// Data is the optional data drive (vdd).
+func (v VMDir) Data() string { return v.path("data.ext4") }
+
+// Token is the host's copy of the agent token (0600).
+func (v VMDir) Token() string { return v.path("token") }
+
+// ConsoleLog is the current serial console log; ConsoleLogOld the rotated one.
+func (v VMDir) ConsoleLog() string { return v.path("console.log") }
+
+// ConsoleLogOld is the previous console log segment.
+func (v VMDir) ConsoleLogOld() string { return v.path("console.log.1") }
+
+// SupervisorLog is the supervisor's own log.
+func (v VMDir) SupervisorLog() string { return v.path("supervisor.log") }
+
+// AgentSocket speaks the hybrid-vsock handshake to the guest agent.
+func (v VMDir) AgentSocket() string { return v.path("agent.sock") }
+
+// ConsoleSocket attaches to the serial console.
+func (v VMDir) ConsoleSocket() string { return v.path("console.sock") }
+
+// ControlSocket takes requests for the supervisor (stop).
+func (v VMDir) ControlSocket() string { return v.path("ctl.sock") }
+
+// RuntimeFiles are removed when the VM stops: its sockets, secrets and ephemeral disks.
+func (v VMDir) RuntimeFiles() []string {
+	return []string{v.AgentSocket(), v.ConsoleSocket(), v.ControlSocket(), v.Token(), v.Secrets(), v.Config(), v.Rootfs()}
+}

@@ -1,0 +1,32 @@
+package network
+
+import (
+	"net/netip"
+	"testing"
+)
+
+func TestChooseSubnet(t *testing.T) {
+	p := netip.MustParsePrefix
+	tests := []struct {
+		used []netip.Prefix
+		want string
+		err  bool
+	}{
+		{nil, "172.30.77.0/24", false},
+		{[]netip.Prefix{p("172.30.0.0/16")}, "172.31.77.0/24", false},
+		{[]netip.Prefix{p("172.16.0.0/12")}, "10.213.77.0/24", false},
+		{[]netip.Prefix{p("0.0.0.0/1"), p("128.0.0.0/1")}, "", true},
+	}
+	for _, tc := range tests {
+		got, err := ChooseSubnet(DefaultCandidates, tc.used)
+		if (err != nil) != tc.err || (!tc.err && got.String() != tc.want) {
+			t.Errorf("used %v: got %v %v, want %s", tc.used, got, err, tc.want)
+		}
+	}
+}
+
+func TestMACFor(t *testing.T) {
+	if got := MACFor(netip.MustParseAddr("172.30.77.2")); got != "02:00:ac:1e:4d:02" {
+		t.Fatal(got)
+	}
+}

@@ -1,0 +1,98 @@
+package runtime
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"syscall"
+	"time"
+
+	"github.com/mvm-dev/mvm/internal/procutil"
+	"github.com/mvm-dev/mvm/internal/store"
+	"github.com/mvm-dev/mvm/internal/supervisor"
+)
+
+// Stop stops a running VM (agent poweroff, then a hard stop after timeout) and waits
+// until its supervisor has cleaned up. The record stays, as exited.
+func (r *Runtime) Stop(ctx context.Context, name string, timeout time.Duration) error {
+	rec, err := r.Get(name)
+	if err != nil {
+		return err
+	}
+	if !rec.State.Active() {
+		return nil
+	}
+	dir := r.Root.VM(rec.ID)
+	if procutil.Held(dir.Lock()) {
+		rctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		err := supervisor.RequestStop(rctx, dir.ControlSocket(), timeout)
+		cancel()
+		if err != nil {
+			if rec.SupervisorPID == 0 {
+				return fmt.Errorf("VM %s is still being created: try again in a moment", name)
+			}
+			r.Log.Warn("supervisor did not take the stop request; signalling it", "vm", name, "err", err)
+			_ = procutil.Kill(rec.SupervisorPID, rec.SupervisorStart, syscall.SIGTERM)
+		}
+		if !waitUnlocked(ctx, dir.Lock(), timeout+15*time.Second) {
+			r.Log.Warn("supervisor did not finish; killing it", "vm", name)
+			_ = procutil.Kill(rec.SupervisorPID, rec.SupervisorStart, syscall.SIGKILL)
+			waitUnlocked(ctx, dir.Lock(), 5*time.Second)
+		}
+	}
+	// Whatever the supervisor could not do, reconcile does.
+	return r.Reconcile()
+}
+
+func waitUnlocked(ctx context.Context, lock string, timeout time.Duration) bool {
+	deadline := time.Now().Add(timeout)
+	for procutil.Held(lock) {
+		if time.Now().After(deadline) || ctx.Err() != nil {
+			return false
+		}
+		time.Sleep(25 * time.Millisecond)
+	}
+	return true
+}
+
+// Down stops a VM if it runs and removes it with everything it had on the host.
+func (r *Runtime) Down(ctx context.Context, name string, timeout time.Duration) error {
+	if err := r.Stop(ctx, name, timeout); err != nil {
+		return err
+	}
+	rec, err := r.Get(name)
+	if err != nil {
+		return err
+	}
+	if rec.State.Active() {
+		return fmt.Errorf("VM %s is still %s: try again", name, rec.State)
+	}
+	err = r.Store.Update(func(tx *store.Tx) error {
+		cur, err := tx.VM(name)
+		if err != nil {
+			return err
+		}
+		if cur.ID != rec.ID || cur.State.Active() {
+			return fmt.Errorf("VM %s changed while removing it: try again", name)
+		}
+		return tx.DeleteVM(name)
+	})
+	if err != nil {
+		return err
+	}
+	if err := os.RemoveAll(r.Root.VM(rec.ID).Dir); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return fmt.Errorf("remove %s: %w", r.Root.VM(rec.ID).Dir, err)
+	}
+	return nil
+}
+
+// Names returns every VM name (for `down --all`).
+func (r *Runtime) Names() ([]string, error) {
+	recs, err := r.List(true)
+	var out []string
+	for _, rec := range recs {
+		out = append(out, rec.Spec.Name)
+	}
+	return out, err
+}

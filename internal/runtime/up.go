@@ -1,0 +1,311 @@
+package runtime
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"net/netip"
+	"os"
+	"os/exec"
+	goruntime "runtime"
+	"syscall"
+	"time"
+
+	"github.com/mvm-dev/mvm/internal/network"
+	"github.com/mvm-dev/mvm/internal/procutil"
+	"github.com/mvm-dev/mvm/internal/store"
+	"github.com/mvm-dev/mvm/internal/supervisor"
+	"github.com/mvm-dev/mvm/internal/vm"
+	"github.com/mvm-dev/mvm/internal/vmm/qemu"
+)
+
+// UpOptions describe a VM to start.
+type UpOptions struct {
+	Spec        vm.Spec
+	Foreground  bool
+	BootTimeout time.Duration
+	// OnStarted is called once the hypervisor runs (before the guest is ready), with
+	// the accelerator notice if any.
+	OnStarted func(rec vm.Record, notice string)
+}
+
+// Started is a VM that answered.
+type Started struct {
+	Record vm.Record
+	Ready  time.Duration // from the start of Up to the agent's first answer
+	Notice string
+	// Foreground holds the VM's life in foreground mode: closing it (or exiting)
+	// makes the supervisor stop the VM.
+	Foreground *os.File
+	supervisor *os.Process
+}
+
+// WaitSupervisor waits for the supervisor of a foreground VM to finish its cleanup.
+func (s *Started) WaitSupervisor() {
+	if s.supervisor != nil {
+		_, _ = s.supervisor.Wait()
+	}
+}
+
+// Validate checks an up request without changing anything, so bad input fails before
+// any state is made.
+func (r *Runtime) Validate(spec vm.Spec) error {
+	if spec.Name != "" {
+		if err := vm.ValidateName(spec.Name); err != nil {
+			return err
+		}
+	} else {
+		spec.Name = "placeholder"
+	}
+	if err := spec.Validate(goruntime.NumCPU()); err != nil {
+		return err
+	}
+	if spec.Hypervisor == vm.HypervisorFirecracker {
+		return errors.New("the Firecracker backend is not available yet in this build: use --hypervisor qemu (or auto)")
+	}
+	if _, err := r.Images.Get(spec.Image); err != nil {
+		return err
+	}
+	if _, err := exec.LookPath(qemu.Binary); err != nil {
+		return fmt.Errorf("%s not found: run `mvmctl bootstrap`", qemu.Binary)
+	}
+	if spec.Network == vm.NetworkDefault {
+		if os.Geteuid() != 0 {
+			return errors.New("the default network needs root (it creates a bridge and a TAP): run as root, or use --network none")
+		}
+		if _, err := os.Stat("/dev/net/tun"); err != nil {
+			return errors.New("/dev/net/tun is missing: load the tun module (`modprobe tun`), or use --network none")
+		}
+	}
+	return nil
+}
+
+// Up creates a VM and starts its supervisor, returning once the guest agent answers.
+func (r *Runtime) Up(ctx context.Context, o UpOptions) (*Started, error) {
+	begin := time.Now()
+	if err := r.Validate(o.Spec); err != nil {
+		return nil, err
+	}
+	if o.Spec.Hypervisor == vm.HypervisorAuto {
+		o.Spec.Hypervisor = vm.HypervisorQEMU
+	}
+	img, err := r.Images.Get(o.Spec.Image)
+	if err != nil {
+		return nil, err
+	}
+	if err := r.Root.EnsureDirs(); err != nil {
+		return nil, err
+	}
+	if err := r.Reconcile(); err != nil {
+		return nil, err
+	}
+	var hostPrefixes []netip.Prefix
+	if o.Spec.Network == vm.NetworkDefault {
+		if hostPrefixes, err = network.HostPrefixes(network.DefaultBridge); err != nil {
+			return nil, err
+		}
+	}
+
+	// Own the VM's directory before the record exists, so a concurrent reconcile
+	// never takes a half-made VM for a dead one.
+	id := newID()
+	dir := r.Root.VM(id)
+	if err := os.MkdirAll(dir.Dir, 0o700); err != nil {
+		return nil, err
+	}
+	lock, err := procutil.TryLock(dir.Lock())
+	if err != nil {
+		os.RemoveAll(dir.Dir)
+		return nil, err
+	}
+
+	rec := vm.Record{ID: id, Spec: o.Spec, State: vm.StateCreating, Backend: vm.HypervisorQEMU,
+		ImageRef: img.Digest, Kernel: img.KernelRelease, CreatedAt: time.Now().UTC(), Foreground: o.Foreground}
+	err = r.Store.Update(func(tx *store.Tx) error {
+		if rec.Spec.Name == "" {
+			rng := rand.New(rand.NewPCG(uint64(time.Now().UnixNano()), uint64(os.Getpid())))
+			for i := 0; ; i++ {
+				rec.Spec.Name = vm.RandomName(rng)
+				if i > 20 {
+					rec.Spec.Name += "-" + id[:4]
+				}
+				if !tx.HasVM(rec.Spec.Name) {
+					break
+				}
+			}
+		} else if tx.HasVM(rec.Spec.Name) {
+			return fmt.Errorf("a VM named %q already exists: pick another --name, or remove it with `mvmctl down %s`", rec.Spec.Name, rec.Spec.Name)
+		}
+		if rec.Spec.Network == vm.NetworkDefault {
+			n, err := ensureDefaultNetwork(tx, hostPrefixes)
+			if err != nil {
+				return err
+			}
+			a, err := tx.AllocateIP(n.Name, rec.ID)
+			if err != nil {
+				return err
+			}
+			rec.IP = netip.PrefixFrom(a, n.Subnet.Bits()).String()
+			rec.Gateway = n.Gateway.String()
+			rec.MAC = network.MACFor(a)
+			rec.Bridge = n.Bridge
+			rec.TAP = "mvt" + rec.ID
+		}
+		return tx.PutVM(rec)
+	})
+	if err != nil {
+		lock.Unlock()
+		os.RemoveAll(dir.Dir)
+		return nil, err
+	}
+	st, err := r.startSupervisor(ctx, rec, lock, o)
+	if err != nil {
+		r.discard(rec)
+		return nil, err
+	}
+	st.Ready = time.Since(begin)
+	return st, nil
+}
+
+func ensureDefaultNetwork(tx *store.Tx, hostPrefixes []netip.Prefix) (store.Network, error) {
+	n, err := tx.Network(vm.NetworkDefault)
+	if err == nil {
+		return n, nil
+	}
+	if !errors.Is(err, store.ErrNotFound) {
+		return n, err
+	}
+	subnet, err := network.ChooseSubnet(network.DefaultCandidates, hostPrefixes)
+	if err != nil {
+		return n, err
+	}
+	n = store.Network{Name: vm.NetworkDefault, Bridge: network.DefaultBridge, Subnet: subnet,
+		Gateway: subnet.Addr().Next(), Created: time.Now().UTC()}
+	return n, tx.PutNetwork(n)
+}
+
+func (r *Runtime) startSupervisor(ctx context.Context, rec vm.Record, lock *procutil.Lock, o UpOptions) (*Started, error) {
+	dir := r.Root.VM(rec.ID)
+	logf, err := os.OpenFile(dir.SupervisorLog(), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
+	if err != nil {
+		lock.Unlock()
+		return nil, err
+	}
+	defer logf.Close()
+	statusR, statusW, err := os.Pipe()
+	if err != nil {
+		lock.Unlock()
+		return nil, err
+	}
+	defer statusR.Close()
+	timeout := o.BootTimeout
+	if timeout == 0 {
+		timeout = 2 * time.Minute
+	}
+	cmd := exec.Command(r.Self, "_supervise", "--root", r.Root.Dir, "--name", rec.Spec.Name, "--id", rec.ID,
+		"--boot-timeout", timeout.String())
+	cmd.ExtraFiles = []*os.File{lock.File(), statusW}
+	var fgW, fgR *os.File
+	if o.Foreground {
+		if fgR, fgW, err = os.Pipe(); err != nil {
+			lock.Unlock()
+			statusW.Close()
+			return nil, err
+		}
+		cmd.ExtraFiles = append(cmd.ExtraFiles, fgR)
+		cmd.Args = append(cmd.Args, "--foreground")
+	}
+	cmd.Stdout, cmd.Stderr = logf, logf
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	err = cmd.Start()
+	lock.Unlock() // from here the supervisor alone holds the VM's lock
+	statusW.Close()
+	if fgR != nil {
+		fgR.Close()
+	}
+	if err != nil {
+		if fgW != nil {
+			fgW.Close()
+		}
+		return nil, fmt.Errorf("start supervisor: %w", err)
+	}
+	st := &Started{Foreground: fgW, supervisor: cmd.Process}
+	if !o.Foreground {
+		// Detached: nobody waits for it; it is re-parented when we exit.
+		go func() { _, _ = cmd.Process.Wait() }()
+	}
+
+	lines := make(chan supervisor.Status)
+	go func() {
+		defer close(lines)
+		sc := bufio.NewScanner(statusR)
+		for sc.Scan() {
+			var s supervisor.Status
+			if json.Unmarshal(sc.Bytes(), &s) == nil {
+				lines <- s
+			}
+		}
+	}()
+	for {
+		select {
+		case s, ok := <-lines:
+			if !ok {
+				return nil, fmt.Errorf("the supervisor exited before the VM was ready; see %s", dir.SupervisorLog())
+			}
+			switch s.Phase {
+			case supervisor.PhaseStarted:
+				st.Notice = s.Notice
+				if o.OnStarted != nil {
+					cur, _ := r.Get(rec.Spec.Name)
+					o.OnStarted(cur, s.Notice)
+				}
+			case supervisor.PhaseReady:
+				cur, err := r.Get(rec.Spec.Name)
+				if err != nil {
+					return nil, err
+				}
+				st.Record = cur
+				return st, nil
+			case supervisor.PhaseFailed:
+				return nil, fmt.Errorf("VM %s failed to start: %s", rec.Spec.Name, s.Error)
+			}
+		case <-ctx.Done():
+			// The CLI is being interrupted: the half-started VM must not outlive it.
+			_ = supervisorStop(dir.ControlSocket(), cmd.Process)
+			return nil, ctx.Err()
+		}
+	}
+}
+
+func supervisorStop(ctl string, p *os.Process) error {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	if err := supervisor.RequestStop(ctx, ctl, 5*time.Second); err != nil {
+		return p.Signal(syscall.SIGTERM)
+	}
+	return nil
+}
+
+// discard removes a VM that failed to come up: once its supervisor has cleaned up,
+// the record and the directory go, so a failed `up` leaves nothing behind.
+func (r *Runtime) discard(rec vm.Record) {
+	dir := r.Root.VM(rec.ID)
+	deadline := time.Now().Add(30 * time.Second)
+	for procutil.Held(dir.Lock()) && time.Now().Before(deadline) {
+		time.Sleep(20 * time.Millisecond)
+	}
+	_ = r.Store.Update(func(tx *store.Tx) error {
+		cur, err := tx.VM(rec.Spec.Name)
+		if err != nil || cur.ID != rec.ID {
+			return nil
+		}
+		if ip, err := netip.ParsePrefix(cur.IP); err == nil {
+			_ = tx.ReleaseIP(cur.Spec.Network, ip.Addr(), cur.ID)
+		}
+		return tx.DeleteVM(rec.Spec.Name)
+	})
+	_ = os.RemoveAll(dir.Dir)
+}

@@ -1,0 +1,483 @@
+package supervisor
+
+import (
+	"bufio"
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/netip"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/mvm-dev/mvm/internal/agent/client"
+	"github.com/mvm-dev/mvm/internal/agent/hybrid"
+	"github.com/mvm-dev/mvm/internal/agent/link"
+	"github.com/mvm-dev/mvm/internal/agent/proto"
+	"github.com/mvm-dev/mvm/internal/drive"
+	"github.com/mvm-dev/mvm/internal/image"
+	"github.com/mvm-dev/mvm/internal/layout"
+	"github.com/mvm-dev/mvm/internal/network"
+	"github.com/mvm-dev/mvm/internal/procutil"
+	"github.com/mvm-dev/mvm/internal/store"
+	"github.com/mvm-dev/mvm/internal/vm"
+	"github.com/mvm-dev/mvm/internal/vmm"
+	"github.com/mvm-dev/mvm/internal/vmm/qemu"
+)
+
+// Options start a supervisor.
+type Options struct {
+	Root        layout.Root
+	Name        string
+	ID          string
+	Lock        *os.File // inherited, already locked by the CLI
+	Status      *os.File // status pipe to the CLI; closed after the first final phase
+	Foreground  *os.File // optional: EOF means the foreground CLI is gone, stop the VM
+	BootTimeout time.Duration
+	Log         *slog.Logger
+}
+
+// DefaultStopTimeout is how long a guest gets to power off before a hard stop.
+const DefaultStopTimeout = 10 * time.Second
+
+type supervisor struct {
+	o      Options
+	st     *store.Store
+	dir    layout.VMDir
+	rec    vm.Record
+	token  []byte
+	tap    *network.TAP
+	inst   vmm.Instance
+	accel  qemu.Accel
+	sess   *link.Session
+	agent  *client.Client
+	conLog *rotatingLog
+	hub    *consoleHub
+	lns    []net.Listener
+	stopCh chan time.Duration
+	status *json.Encoder
+}
+
+// Run supervises one VM from preparation to cleanup. It returns when the VM is gone.
+func Run(ctx context.Context, o Options) error {
+	s := &supervisor{o: o, st: store.New(o.Root.State()), dir: o.Root.VM(o.ID), stopCh: make(chan time.Duration, 1)}
+	if o.Status != nil {
+		s.status = json.NewEncoder(o.Status)
+	}
+	if o.BootTimeout == 0 {
+		o.BootTimeout = 2 * time.Minute
+		s.o.BootTimeout = o.BootTimeout
+	}
+	sigs := make(chan os.Signal, 1)
+	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT)
+	signal.Ignore(syscall.SIGHUP, syscall.SIGPIPE)
+
+	err := s.start(ctx)
+	if err != nil {
+		o.Log.Error("start failed", "err", err)
+		if s.inst != nil {
+			_ = s.inst.Kill(context.Background())
+		}
+		s.report(Status{Phase: PhaseFailed, Error: err.Error()})
+		s.teardown("failed to start: " + err.Error())
+		return err
+	}
+	s.report(Status{Phase: PhaseReady, IP: s.rec.IP, Accel: s.accel.Name, GuestMs: 0})
+	s.closeStatus()
+
+	exited := make(chan vmm.Exit, 1)
+	go func() { exited <- s.inst.Wait() }()
+	fgGone := make(chan struct{})
+	if o.Foreground != nil {
+		go func() {
+			_, _ = io.Copy(io.Discard, o.Foreground)
+			close(fgGone)
+		}()
+	}
+	var exit vmm.Exit
+	select {
+	case exit = <-exited:
+	case t := <-s.stopCh:
+		exit = s.stop(t, exited)
+	case <-fgGone:
+		o.Log.Info("foreground mvmctl is gone: stopping the VM")
+		exit = s.stop(DefaultStopTimeout, exited)
+	case sig := <-sigs:
+		o.Log.Info("stopping on signal", "signal", sig)
+		exit = s.stop(DefaultStopTimeout, exited)
+	}
+	o.Log.Info("hypervisor exited", "reason", exit.Reason, "code", exit.Code)
+	s.teardown(exit.Reason)
+	return nil
+}
+
+func (s *supervisor) report(st Status) {
+	if s.status != nil {
+		_ = s.status.Encode(st)
+	}
+}
+
+func (s *supervisor) closeStatus() {
+	if s.o.Status != nil {
+		s.o.Status.Close()
+		s.status = nil
+	}
+}
+
+func (s *supervisor) update(fn func(r *vm.Record) error) error {
+	return s.st.Update(func(tx *store.Tx) error {
+		r, err := tx.VM(s.o.Name)
+		if err != nil {
+			return err
+		}
+		if r.ID != s.o.ID {
+			return fmt.Errorf("VM %s now has id %s, not %s", s.o.Name, r.ID, s.o.ID)
+		}
+		if err := fn(&r); err != nil {
+			return err
+		}
+		s.rec = r
+		return tx.PutVM(r)
+	})
+}
+
+func (s *supervisor) start(ctx context.Context) error {
+	log := s.o.Log
+	pid := os.Getpid()
+	if err := s.update(func(r *vm.Record) error {
+		r.SupervisorPID, r.SupervisorStart = pid, procutil.StartTime(pid)
+		return nil
+	}); err != nil {
+		return err
+	}
+	img, err := (image.Store{Dir: s.o.Root.Images()}).Get(s.rec.ImageRef)
+	if err != nil {
+		return err
+	}
+	if err := s.prepareDrives(ctx, img); err != nil {
+		return err
+	}
+	if s.rec.Spec.Network == vm.NetworkDefault {
+		gw, err := netip.ParseAddr(s.rec.Gateway)
+		if err != nil {
+			return fmt.Errorf("record has bad gateway %q", s.rec.Gateway)
+		}
+		ip, err := netip.ParsePrefix(s.rec.IP)
+		if err != nil {
+			return fmt.Errorf("record has bad address %q", s.rec.IP)
+		}
+		if err := network.EnsureBridge(s.rec.Bridge, netip.PrefixFrom(gw, ip.Bits())); err != nil {
+			return err
+		}
+		if s.tap, err = network.CreateTAP(s.rec.TAP, s.rec.Bridge); err != nil {
+			return err
+		}
+	}
+	backend, err := qemu.New()
+	if err != nil {
+		return err
+	}
+	s.accel = backend.AccelInfo()
+	cfg := vmm.Config{
+		Name: s.rec.Spec.Name, CPUs: s.rec.Spec.CPUs, MemoryMiB: s.rec.Spec.MemoryMiB,
+		Kernel: img.Path(image.FileKernel), Initrd: img.Path(image.FileInitrd),
+		KernelArgs: ContractArgs(s.rec),
+		Drives:     s.drives(),
+		MAC:        s.rec.MAC,
+		Stderr:     &logWriter{log: log},
+	}
+	if s.tap != nil {
+		cfg.TAP = s.tap.File
+	}
+	if s.inst, err = backend.Start(ctx, cfg); err != nil {
+		return err
+	}
+	hpid := s.inst.PID()
+	if err := s.update(func(r *vm.Record) error {
+		r.HypervisorPID, r.HypervisorStart = hpid, procutil.StartTime(hpid)
+		r.StartedAt = time.Now().UTC()
+		r.Accel = s.accel.Name
+		return r.SetState(vm.StateStarting)
+	}); err != nil {
+		return err
+	}
+	if s.conLog, err = openRotatingLog(s.dir.ConsoleLog(), s.dir.ConsoleLogOld(), MaxConsoleLog); err != nil {
+		return err
+	}
+	s.hub = newConsoleHub(s.inst.Console(), s.conLog)
+	go s.hub.pump()
+	conL, err := listenUnix(s.dir.ConsoleSocket())
+	if err != nil {
+		return err
+	}
+	s.lns = append(s.lns, conL)
+	go s.hub.serve(conL)
+	notice := ""
+	if s.accel.Name == "tcg" {
+		notice = "KVM not usable (" + s.accel.Reason + "): using TCG software emulation, expect boots of a few seconds"
+	}
+	s.report(Status{Phase: PhaseStarted, Accel: s.accel.Name, Notice: notice})
+	log.Info("hypervisor started", "pid", hpid, "accel", s.accel.Name)
+
+	bootCtx, cancel := context.WithTimeout(ctx, s.o.BootTimeout)
+	defer cancel()
+	if err := s.connectAgent(bootCtx); err != nil {
+		return err
+	}
+	ctlL, err := listenUnix(s.dir.ControlSocket())
+	if err != nil {
+		return err
+	}
+	s.lns = append(s.lns, ctlL)
+	go s.serveControl(ctlL)
+	return s.update(func(r *vm.Record) error {
+		r.ReadyAt = time.Now().UTC()
+		return r.SetState(vm.StateRunning)
+	})
+}
+
+// ContractArgs are the kernel arguments of the guest contract for a VM.
+func ContractArgs(r vm.Record) []string {
+	args := []string{"console=ttyS0", "panic=1", "net.ifnames=0", "quiet", "cryptomgr.notests", "pci=off",
+		"mvm.hostname=" + r.Spec.Name}
+	if r.IP != "" {
+		args = append(args, "mvm.ip="+r.IP, "mvm.gw="+r.Gateway)
+	}
+	return args
+}
+
+func (s *supervisor) drives() []vmm.Drive {
+	d := []vmm.Drive{
+		{ID: "vda", Path: s.dir.Rootfs()},
+		{ID: "vdb", Path: s.dir.Config(), ReadOnly: true},
+		{ID: "vdc", Path: s.dir.Secrets(), ReadOnly: true},
+	}
+	if s.rec.Spec.DataDiskMiB > 0 {
+		d = append(d, vmm.Drive{ID: "vdd", Path: s.dir.Data()})
+	}
+	return d
+}
+
+func (s *supervisor) prepareDrives(ctx context.Context, img image.Image) error {
+	raw := make([]byte, 32)
+	if _, err := rand.Read(raw); err != nil {
+		return err
+	}
+	s.token = []byte(hex.EncodeToString(raw))
+	if err := os.WriteFile(s.dir.Token(), s.token, 0o600); err != nil {
+		return err
+	}
+	if err := drive.MakeSecrets(ctx, s.dir.Secrets(), s.token); err != nil {
+		return err
+	}
+	gw := ""
+	if s.rec.Gateway != "" {
+		gw = s.rec.Gateway
+	}
+	if err := drive.MakeConfig(ctx, s.dir.Config(), drive.ConfigData{Name: s.rec.Spec.Name, ID: s.rec.ID,
+		Hostname: s.rec.Spec.Name, IP: s.rec.IP, Gateway: gw}); err != nil {
+		return err
+	}
+	_ = os.Remove(s.dir.Rootfs())
+	if err := drive.CopySparse(img.Path(image.FileRootfs), s.dir.Rootfs()); err != nil {
+		return fmt.Errorf("copy rootfs: %w", err)
+	}
+	if s.rec.Spec.DataDiskMiB > 0 {
+		if _, err := os.Stat(s.dir.Data()); errors.Is(err, os.ErrNotExist) {
+			if err := drive.MakeData(ctx, s.dir.Data(), s.rec.Spec.DataDiskMiB); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+// connectAgent syncs the agent link, opens the hybrid-vsock socket on it and waits for
+// an authenticated answer.
+func (s *supervisor) connectAgent(ctx context.Context) error {
+	ch := s.inst.Agent()
+	exited := make(chan struct{})
+	go func() { s.inst.Wait(); close(exited) }()
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	go func() {
+		select {
+		case <-exited:
+			cancel()
+		case <-ctx.Done():
+		}
+	}()
+	var err error
+	s.sess, err = link.Dial(ctx, ch.Serial)
+	if err != nil {
+		return s.bootError(ctx, exited, err)
+	}
+	s.agent = client.New(func(ctx context.Context) (net.Conn, error) { return s.sess.Open(ctx) }, s.token)
+	if _, err := s.agent.Ping(ctx); err != nil {
+		return s.bootError(ctx, exited, fmt.Errorf("agent ping: %w", err))
+	}
+	if err := s.agent.SetTime(ctx, time.Now()); err != nil {
+		s.o.Log.Warn("set guest clock", "err", err)
+	}
+	l, err := listenUnix(s.dir.AgentSocket())
+	if err != nil {
+		return err
+	}
+	s.lns = append(s.lns, l)
+	go hybrid.Serve(context.Background(), l, func(ctx context.Context, port uint32) (net.Conn, error) {
+		if port != proto.AgentPort {
+			return nil, hybrid.ErrNoListener
+		}
+		return s.sess.Open(ctx)
+	}, s.o.Log)
+	return nil
+}
+
+func (s *supervisor) bootError(ctx context.Context, exited chan struct{}, err error) error {
+	select {
+	case <-exited:
+		ex := s.inst.Wait()
+		return fmt.Errorf("the VM stopped while booting (%s); console:\n%s", ex.Reason, s.consoleTail(20))
+	default:
+	}
+	if errors.Is(ctx.Err(), context.DeadlineExceeded) {
+		return fmt.Errorf("the guest agent did not answer within %s; console:\n%s", s.o.BootTimeout, s.consoleTail(20))
+	}
+	return err
+}
+
+func (s *supervisor) consoleTail(n int) string {
+	time.Sleep(50 * time.Millisecond) // let the pump write what QEMU flushed last
+	b, _ := os.ReadFile(s.dir.ConsoleLog())
+	lines := strings.Split(strings.TrimRight(string(b), "\r\n"), "\n")
+	if len(lines) > n {
+		lines = lines[len(lines)-n:]
+	}
+	return "  " + strings.Join(lines, "\n  ")
+}
+
+func (s *supervisor) serveControl(l net.Listener) {
+	for {
+		c, err := l.Accept()
+		if err != nil {
+			return
+		}
+		go func() {
+			defer c.Close()
+			_ = c.SetDeadline(time.Now().Add(10 * time.Second))
+			line, err := bufio.NewReader(io.LimitReader(c, 4096)).ReadBytes('\n')
+			if err != nil {
+				return
+			}
+			var req ControlRequest
+			resp := ControlResponse{OK: true}
+			if err := json.Unmarshal(line, &req); err != nil || req.Op != "stop" {
+				resp = ControlResponse{Error: "unknown request"}
+			} else {
+				t := time.Duration(req.TimeoutMs) * time.Millisecond
+				if t <= 0 {
+					t = DefaultStopTimeout
+				}
+				select {
+				case s.stopCh <- t:
+				default: // a stop is already under way
+				}
+			}
+			raw, _ := json.Marshal(resp)
+			_, _ = c.Write(append(raw, '\n'))
+		}()
+	}
+}
+
+// stop asks the guest to power off and stops the hypervisor if it has not gone
+// within timeout.
+func (s *supervisor) stop(timeout time.Duration, exited <-chan vmm.Exit) vmm.Exit {
+	_ = s.update(func(r *vm.Record) error { return r.SetState(vm.StateStopping) })
+	ctx, cancel := context.WithTimeout(context.Background(), min(timeout, 5*time.Second))
+	err := s.agent.Poweroff(ctx)
+	cancel()
+	if err != nil {
+		s.o.Log.Warn("agent poweroff failed; stopping the hypervisor", "err", err)
+	} else {
+		select {
+		case ex := <-exited:
+			return vmm.Exit{Code: ex.Code, Reason: "stopped (guest powered off)"}
+		case <-time.After(timeout):
+			s.o.Log.Warn("guest did not power off in time; stopping the hypervisor", "timeout", timeout)
+		}
+	}
+	_ = s.inst.Kill(context.Background())
+	ex := <-exited
+	return vmm.Exit{Code: ex.Code, Reason: "stopped (hard stop after " + timeout.String() + ")"}
+}
+
+// teardown releases every host resource the VM held, in reverse order of creation,
+// and records how it ended. Disks the user asked to keep (the data drive) stay until
+// `mvmctl down`.
+func (s *supervisor) teardown(reason string) {
+	for _, l := range s.lns {
+		l.Close()
+	}
+	if s.sess != nil {
+		s.sess.Close()
+	}
+	if s.hub != nil {
+		s.inst.Console().Close()
+		<-s.hub.done
+	}
+	if s.conLog != nil {
+		s.conLog.Close()
+	}
+	if s.tap != nil {
+		s.tap.Close()
+	}
+	for _, f := range s.dir.RuntimeFiles() {
+		_ = os.Remove(f)
+	}
+	err := s.st.Update(func(tx *store.Tx) error {
+		r, err := tx.VM(s.o.Name)
+		if err != nil || r.ID != s.o.ID {
+			return nil // already removed by `down`
+		}
+		if ip, err := netip.ParsePrefix(r.IP); err == nil {
+			_ = tx.ReleaseIP(r.Spec.Network, ip.Addr(), r.ID)
+		}
+		r.State = vm.StateExited
+		r.ExitedAt = time.Now().UTC()
+		r.ExitReason = reason
+		return tx.PutVM(r)
+	})
+	if err != nil {
+		s.o.Log.Error("record exit", "err", err)
+	}
+}
+
+func listenUnix(path string) (net.Listener, error) {
+	_ = os.Remove(path)
+	l, err := net.Listen("unix", path)
+	if err != nil {
+		return nil, err
+	}
+	_ = os.Chmod(path, 0o600)
+	return l, nil
+}
+
+// logWriter turns the hypervisor's stderr lines into log records.
+type logWriter struct{ log *slog.Logger }
+
+func (w *logWriter) Write(p []byte) (int, error) {
+	for _, line := range strings.Split(strings.TrimRight(string(p), "\n"), "\n") {
+		if line != "" {
+			w.log.Warn("hypervisor", "msg", line)
+		}
+	}
+	return len(p), nil
+}

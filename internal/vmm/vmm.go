@@ -1,0 +1,66 @@
+// Package vmm is the boundary between mvm and a hypervisor. A Backend starts an
+// Instance from a Config; everything above this package (supervisor, runtime) is the
+// same for QEMU and Firecracker.
+package vmm
+
+import (
+	"context"
+	"io"
+	"net"
+	"os"
+)
+
+// Drive is a block device; the order of Config.Drives is the guest's vda, vdb, ...
+type Drive struct {
+	ID       string
+	Path     string
+	ReadOnly bool
+}
+
+// Config is one VM's hypervisor configuration.
+type Config struct {
+	Name       string
+	CPUs       int
+	MemoryMiB  int64
+	Kernel     string
+	Initrd     string
+	KernelArgs []string // the guest contract's arguments; backends add their own
+	Drives     []Drive
+	TAP        *os.File // nil: no NIC
+	MAC        string
+	// Stderr receives the hypervisor's own diagnostics.
+	Stderr io.Writer
+}
+
+// AgentChannel is how the host reaches the guest agent: either a byte stream to a
+// virtio-serial port (QEMU without vsock), or a hybrid-vsock Unix socket (Firecracker).
+type AgentChannel struct {
+	Serial       io.ReadWriteCloser
+	HybridSocket string
+}
+
+// Exit says how a hypervisor process ended.
+type Exit struct {
+	Code   int    // process exit status, -1 if killed by a signal
+	Reason string // human words: "guest powered off", "guest rebooted or panicked", ...
+}
+
+// Instance is a running hypervisor process.
+type Instance interface {
+	PID() int
+	// Console is the guest's serial console: read output, write input.
+	Console() net.Conn
+	Agent() AgentChannel
+	// Wait blocks until the process has exited.
+	Wait() Exit
+	// Kill stops the hypervisor now (no guest cooperation), and waits for it.
+	Kill(ctx context.Context) error
+}
+
+// Backend starts instances.
+type Backend interface {
+	Name() string
+	// Accel names the acceleration in use ("kvm", "tcg").
+	Accel() string
+	Start(ctx context.Context, cfg Config) (Instance, error)
+}
