@@ -1,7 +1,4 @@
-# mvm — two entry points for a fresh Debian 12 machine (as root):
-#   make demo   boot the default microVM, run commands in it, take it down
-#   make test   run the whole test suite (unit, fuzz seeds, real-VM integration)
-# Both install what they need and are safe to run twice.
+# Conveniences over scripts/: `make demo` = scripts/demo.sh, `make test` = scripts/test.sh.
 
 SHELL := /bin/bash
 GO ?= go
@@ -23,16 +20,16 @@ build:
 	$(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN)/mvm-agent ./cmd/mvm-agent
 	$(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN)/mvmctl ./cmd/mvmctl
 
-demo: deps build
+demo:
 	@./scripts/demo.sh
 
-test: deps build
+test:
 	@./scripts/test.sh
 
 unit:
 	$(GO) test ./...
 
-bench: deps build
+bench:
 	@./scripts/bench.sh
 
 fmt:

@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"errors"
-	"io"
 	"log/slog"
 	"net"
 	"os"
@@ -52,7 +51,7 @@ func stack(t *testing.T, token []byte) (string, *fakeGuest) {
 	}
 	t.Cleanup(func() { guestEnd.Close(); hostEnd.Close() })
 	g := &fakeGuest{}
-	log := slog.New(slog.NewTextHandler(io.Discard, nil))
+	log := slog.New(slog.DiscardHandler)
 	srv := &server.Server{Token: []byte("guest-token-0123456789"), Version: "test", Log: log,
 		Reaper: server.NewReaper(ctx), Guest: g}
 	go link.Serve(ctx, guestEnd, "test", log, func(c net.Conn) { srv.Serve(ctx, c) })

@@ -42,7 +42,7 @@ watching kernel and agent messages. Ctrl-] detaches and leaves the VM running.`,
 			done := make(chan struct{}, 2)
 			go func() {
 				_, _ = io.Copy(a.stdout, conn)
-				done <- struct{}{}
+				done <- struct{}{} // the VM stopped
 			}()
 			go func() {
 				buf := make([]byte, 1024)
@@ -52,17 +52,17 @@ watching kernel and agent messages. Ctrl-] detaches and leaves the VM running.`,
 						chunk := buf[:n]
 						if i := bytes.IndexByte(chunk, detachKey); i >= 0 {
 							_, _ = conn.Write(chunk[:i])
-							break
+							done <- struct{}{} // Ctrl-]
+							return
 						}
 						if _, err := conn.Write(chunk); err != nil {
-							break
+							return
 						}
 					}
 					if err != nil {
-						break
+						return // end of input: keep showing output until the VM stops
 					}
 				}
-				done <- struct{}{}
 			}()
 			select {
 			case <-done:

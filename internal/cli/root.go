@@ -81,20 +81,33 @@ func (a *app) layout() (layout.Root, error) { return layout.New(a.rootDir) }
 
 // runtime returns the engine, after repairing state left by crashed processes.
 func (a *app) runtime() (*runtime.Runtime, error) {
+	rt, err := a.bareRuntime()
+	if err != nil {
+		return nil, err
+	}
+	if _, err := os.Stat(rt.Root.Dir); err == nil {
+		if err := rt.Reconcile(); err != nil {
+			return nil, withRootHint(err)
+		}
+	}
+	return rt, nil
+}
+
+// bareRuntime returns the engine without touching state (for validation first).
+func (a *app) bareRuntime() (*runtime.Runtime, error) {
 	root, err := a.layout()
 	if err != nil {
 		return nil, err
 	}
-	rt, err := runtime.New(root, a.log())
-	if err != nil {
-		return nil, err
+	return runtime.New(root, a.log())
+}
+
+// withRootHint names the fix for the most common permission problem.
+func withRootHint(err error) error {
+	if errors.Is(err, os.ErrPermission) && os.Geteuid() != 0 {
+		return fmt.Errorf("%w: run mvmctl as root (sudo), or use a --root you own", err)
 	}
-	if _, err := os.Stat(root.Dir); err == nil {
-		if err := rt.Reconcile(); err != nil {
-			return nil, err
-		}
-	}
-	return rt, nil
+	return err
 }
 
 // NewRoot builds the mvmctl command tree.
@@ -123,7 +136,7 @@ Start with:
 	root.PersistentFlags().BoolVar(&a.debug, "debug", false, "log debug details to stderr")
 	root.AddCommand(
 		newBootstrapCmd(a), newUpCmd(a), newExecCmd(a), newLsCmd(a), newLogsCmd(a), newConsoleCmd(a),
-		newDownCmd(a), newImageCmd(a), newDoctorCmd(a), newVersionCmd(a), newSuperviseCmd(a),
+		newDownCmd(a), newImageCmd(a), newDoctorCmd(a), newVersionCmd(a), newBenchCmd(a), newSuperviseCmd(a),
 	)
 	return root
 }
@@ -145,6 +158,6 @@ func Main(args []string) int {
 		}
 		return ee.Code
 	}
-	fmt.Fprintln(os.Stderr, "mvmctl:", err)
+	fmt.Fprintln(os.Stderr, "mvmctl:", withRootHint(err))
 	return 1
 }

@@ -46,8 +46,12 @@ func newUpCmd(a *app) *cobra.Command {
 				}
 				spec.DataDiskMiB = d / vm.MiB
 			}
-			rt, err := a.runtime()
+			rt, err := a.bareRuntime()
 			if err != nil {
+				return err
+			}
+			// Bad input fails before anything is read or written.
+			if err := rt.Validate(spec); err != nil {
 				return err
 			}
 			opts := runtime.UpOptions{Spec: spec, Foreground: !detach, BootTimeout: bootTimeout}
@@ -66,6 +70,7 @@ func newUpCmd(a *app) *cobra.Command {
 			}
 			st, err := rt.Up(cmd.Context(), opts)
 			if err != nil {
+				err = withRootHint(err)
 				if console != nil {
 					console.Close()
 				}

@@ -71,6 +71,8 @@ func (s Store) Get(name string) (Image, error) {
 	digest := ""
 	if b, err := os.ReadFile(s.refPath(name)); err == nil {
 		digest = strings.TrimSpace(string(b))
+	} else if errors.Is(err, fs.ErrPermission) {
+		return Image{}, fmt.Errorf("image %q: %w", name, err)
 	} else if len(name) >= 12 {
 		matches, _ := filepath.Glob(filepath.Join(s.Dir, "sha256-"+name+"*"))
 		if len(matches) == 1 {

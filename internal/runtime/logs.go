@@ -30,33 +30,46 @@ func (r *Runtime) Logs(ctx context.Context, name string, n int, follow bool, w i
 	if !follow {
 		return nil
 	}
-	offset := int64(len(cur))
-	buf := make([]byte, 64<<10)
-	for {
-		f, err := os.Open(dir.ConsoleLog())
-		if err == nil {
-			st, _ := f.Stat()
-			if st != nil && st.Size() < offset {
-				offset = 0 // rotated: the new segment starts from scratch
-			}
-			if _, err := f.Seek(offset, io.SeekStart); err == nil {
-				for {
-					k, rerr := f.Read(buf)
-					if k > 0 {
-						if _, err := w.Write(buf[:k]); err != nil {
-							f.Close()
-							return err
-						}
-						offset += int64(k)
-					}
-					if rerr != nil {
-						break
-					}
-				}
-			}
-			f.Close()
+	// Follow through the open file, so output written just before `down` removes the
+	// VM's directory is still read; reopen by path only when the log was rotated.
+	f, _ := os.Open(dir.ConsoleLog())
+	if f != nil {
+		defer func() { f.Close() }()
+		if _, err := f.Seek(int64(len(cur)), io.SeekStart); err != nil {
+			return err
 		}
-		if !procutil.Held(dir.Lock()) {
+	}
+	drain := func() error {
+		if f == nil {
+			return nil
+		}
+		_, err := io.Copy(w, f)
+		return err
+	}
+	for {
+		// Look at the owner before reading: once it is gone, this pass reads its last words.
+		running := procutil.Held(dir.Lock())
+		if err := drain(); err != nil {
+			return err
+		}
+		if nf, err := os.Open(dir.ConsoleLog()); err == nil {
+			if f == nil || !sameFile(f, nf) {
+				if err := drain(); err != nil { // the rest of the rotated segment
+					nf.Close()
+					return err
+				}
+				if f != nil {
+					f.Close()
+				}
+				f = nf
+				if err := drain(); err != nil {
+					return err
+				}
+			} else {
+				nf.Close()
+			}
+		}
+		if !running {
 			return nil // the VM is gone and everything it wrote has been shown
 		}
 		select {
@@ -65,6 +78,12 @@ func (r *Runtime) Logs(ctx context.Context, name string, n int, follow bool, w i
 		case <-time.After(150 * time.Millisecond):
 		}
 	}
+}
+
+func sameFile(a, b *os.File) bool {
+	sa, err1 := a.Stat()
+	sb, err2 := b.Stat()
+	return err1 == nil && err2 == nil && os.SameFile(sa, sb)
 }
 
 // tailLines returns the last n lines of b (all of b if n < 0).

@@ -66,12 +66,6 @@ func (r *Runtime) Validate(spec vm.Spec) error {
 	if spec.Hypervisor == vm.HypervisorFirecracker {
 		return errors.New("the Firecracker backend is not available yet in this build: use --hypervisor qemu (or auto)")
 	}
-	if _, err := r.Images.Get(spec.Image); err != nil {
-		return err
-	}
-	if _, err := exec.LookPath(qemu.Binary); err != nil {
-		return fmt.Errorf("%s not found: run `mvmctl bootstrap`", qemu.Binary)
-	}
 	if spec.Network == vm.NetworkDefault {
 		if os.Geteuid() != 0 {
 			return errors.New("the default network needs root (it creates a bridge and a TAP): run as root, or use --network none")
@@ -79,6 +73,12 @@ func (r *Runtime) Validate(spec vm.Spec) error {
 		if _, err := os.Stat("/dev/net/tun"); err != nil {
 			return errors.New("/dev/net/tun is missing: load the tun module (`modprobe tun`), or use --network none")
 		}
+	}
+	if _, err := r.Images.Get(spec.Image); err != nil {
+		return err
+	}
+	if _, err := exec.LookPath(qemu.Binary); err != nil {
+		return fmt.Errorf("%s not found: run `mvmctl bootstrap`", qemu.Binary)
 	}
 	return nil
 }

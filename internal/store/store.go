@@ -28,6 +28,9 @@ var (
 	bucketMeta     = []byte("meta")
 )
 
+// minDBSize is the size of an initialised bbolt file: four pages.
+const minDBSize = 4 * 4096
+
 // ErrNotFound is returned for a missing record.
 var ErrNotFound = errors.New("not found")
 
@@ -47,8 +50,11 @@ func (s *Store) Path() string { return s.path }
 
 func (s *Store) open(readOnly bool) (*bolt.DB, error) {
 	if readOnly {
-		if _, err := os.Stat(s.path); errors.Is(err, os.ErrNotExist) {
-			readOnly = false // create it, so readers see the buckets
+		// A missing or not yet initialised file is created by a read-write open, which
+		// holds the exclusive lock while bbolt writes its first pages; a read-only open
+		// of a half-made file would fail.
+		if st, err := os.Stat(s.path); err != nil || st.Size() < minDBSize {
+			readOnly = false
 		}
 	}
 	if err := os.MkdirAll(filepath.Dir(s.path), 0o755); err != nil {

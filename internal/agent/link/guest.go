@@ -44,9 +44,11 @@ func Serve(ctx context.Context, port io.ReadWriter, version string, log *slog.Lo
 			return err
 		}
 		logf(log, "link: host connected")
+		var acceptErr error
 		for {
 			c, err := mux.AcceptStream()
 			if err != nil {
+				acceptErr = err
 				break
 			}
 			go handle(c)
@@ -54,7 +56,7 @@ func Serve(ctx context.Context, port io.ReadWriter, version string, log *slog.Lo
 		mux.Close()
 		w.close()
 		pr.eofEndsSession.Store(false)
-		logf(log, "link: host session ended")
+		logf(log, "link: host session ended", "err", acceptErr)
 		if ctx.Err() != nil {
 			return ctx.Err()
 		}

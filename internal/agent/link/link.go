@@ -22,6 +22,7 @@ import (
 	"io"
 	"log/slog"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/hashicorp/yamux"
@@ -127,8 +128,10 @@ func logf(l *slog.Logger, msg string, args ...any) {
 	}
 }
 
-// contextReader makes a blocking read abandon when ctx ends, for ReadWriters that offer
-// deadlines (net.Conn, os.File on a pollable fd).
+// watchContext makes blocking reads on rw abandon when ctx ends, for ReadWriters that
+// offer deadlines (net.Conn). The returned stop waits for a watcher that already fired
+// before clearing the deadline: otherwise a late watcher could poison the connection
+// after the caller has moved on.
 type deadliner interface{ SetReadDeadline(time.Time) error }
 
 func watchContext(ctx context.Context, rw any) (stop func()) {
@@ -136,16 +139,17 @@ func watchContext(ctx context.Context, rw any) (stop func()) {
 	if !ok {
 		return func() {}
 	}
-	done := make(chan struct{})
-	go func() {
-		select {
-		case <-ctx.Done():
-			_ = d.SetReadDeadline(time.Unix(1, 0))
-		case <-done:
-		}
-	}()
+	var fired sync.WaitGroup
+	fired.Add(1)
+	stopFn := context.AfterFunc(ctx, func() {
+		defer fired.Done()
+		_ = d.SetReadDeadline(time.Unix(1, 0))
+	})
 	return func() {
-		close(done)
+		if stopFn() {
+			fired.Done() // it will never run
+		}
+		fired.Wait()
 		_ = d.SetReadDeadline(time.Time{})
 	}
 }

@@ -5,8 +5,10 @@ import (
 	"context"
 	"io"
 	"net"
+	"os"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -44,7 +46,7 @@ func TestParseAck(t *testing.T) {
 // TestReconnect: a host goes away mid-session and a new one syncs through the stale
 // bytes, as after a supervisor restart or a snapshot restore.
 func TestReconnect(t *testing.T) {
-	guest, host1 := net.Pipe()
+	guest, host1 := socketPair(t)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	sw := &switchable{conn: guest}
@@ -74,7 +76,7 @@ func TestReconnect(t *testing.T) {
 	}
 	echo(s1)
 	// The first host vanishes; a second one arrives after some junk.
-	guest2, host2 := net.Pipe()
+	guest2, host2 := socketPair(t)
 	sw.swap(guest2)
 	host1.Close()
 	go host2.Write([]byte("junk-from-nowhere"))
@@ -87,6 +89,28 @@ func TestReconnect(t *testing.T) {
 		t.Fatalf("version %q", s2.AgentVersion)
 	}
 	echo(s2)
+}
+
+// socketPair is a buffered byte stream like the port's chardev socket (net.Pipe has
+// no buffer at all, which no real channel behaves like).
+func socketPair(t *testing.T) (net.Conn, net.Conn) {
+	t.Helper()
+	fds, err := syscall.Socketpair(syscall.AF_UNIX, syscall.SOCK_STREAM|syscall.SOCK_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	conn := func(fd int) net.Conn {
+		f := os.NewFile(uintptr(fd), "sp")
+		defer f.Close()
+		c, err := net.FileConn(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return c
+	}
+	a, b := conn(fds[0]), conn(fds[1])
+	t.Cleanup(func() { a.Close(); b.Close() })
+	return a, b
 }
 
 // switchable stands in for a virtio-serial port whose host side changes.

@@ -19,7 +19,7 @@ import (
 type Guest interface {
 	Info() proto.AgentInfo
 	SetTime(unixNano int64) error
-	Poweroff() // after the response is sent
+	Poweroff() // must return at once and power off shortly after, so the answer can leave
 }
 
 // Server answers agent connections.
@@ -106,9 +106,9 @@ func (s *Server) dispatch(ctx context.Context, pc *proto.Conn, req *proto.Reques
 		}
 		_ = pc.WriteJSON(proto.TResponse, proto.Response{OK: true})
 	case proto.OpPoweroff:
-		_ = pc.WriteJSON(proto.TResponse, proto.Response{OK: true})
 		s.Log.Info("poweroff requested by host")
-		s.Guest.Poweroff()
+		s.Guest.Poweroff() // schedules it, so the answer below still leaves
+		_ = pc.WriteJSON(proto.TResponse, proto.Response{OK: true})
 	case proto.OpExec:
 		if req.Exec == nil {
 			s.badRequest(pc, "exec: missing command")

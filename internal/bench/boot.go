@@ -1,0 +1,214 @@
+// Package bench measures mvm against baselines run in the same process and the same
+// minute, and reports ratios rather than asserting times.
+package bench
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sort"
+	"syscall"
+	"time"
+
+	"github.com/mvm-dev/mvm/internal/agent/client"
+	"github.com/mvm-dev/mvm/internal/agent/link"
+	"github.com/mvm-dev/mvm/internal/drive"
+	"github.com/mvm-dev/mvm/internal/image"
+	"github.com/mvm-dev/mvm/internal/layout"
+	"github.com/mvm-dev/mvm/internal/supervisor"
+	"github.com/mvm-dev/mvm/internal/vm"
+	"github.com/mvm-dev/mvm/internal/vmm"
+	"github.com/mvm-dev/mvm/internal/vmm/qemu"
+)
+
+// Series is one measured quantity.
+type Series struct {
+	Name    string    `json:"name"`
+	Samples []float64 `json:"samples_ms"`
+	Median  float64   `json:"median_ms"`
+	Min     float64   `json:"min_ms"`
+	Max     float64   `json:"max_ms"`
+}
+
+func newSeries(name string, d []time.Duration) Series {
+	s := Series{Name: name}
+	for _, x := range d {
+		s.Samples = append(s.Samples, float64(x.Microseconds())/1000)
+	}
+	sorted := append([]float64(nil), s.Samples...)
+	sort.Float64s(sorted)
+	if n := len(sorted); n > 0 {
+		s.Min, s.Max = sorted[0], sorted[n-1]
+		s.Median = sorted[n/2]
+		if n%2 == 0 {
+			s.Median = (sorted[n/2-1] + sorted[n/2]) / 2
+		}
+	}
+	return s
+}
+
+// BootReport compares `mvmctl up -d` with QEMU started by hand.
+type BootReport struct {
+	Runs     int     `json:"runs"`
+	Accel    string  `json:"accel"`
+	Baseline Series  `json:"baseline"`
+	MVM      Series  `json:"mvm"`
+	MVMNet   Series  `json:"mvm_default_network,omitempty"`
+	Ratio    float64 `json:"ratio"` // mvm median / baseline median
+}
+
+// BootOptions configure the boot benchmark.
+type BootOptions struct {
+	Root     layout.Root
+	Mvmctl   string // the mvmctl binary to time
+	Runs     int
+	Network  bool // also time `up -d` with the default network (needs root)
+	Progress func(string)
+}
+
+// Boot measures, alternating so both see the same machine state: (a) QEMU started by
+// hand with the image's kernel and initramfs and freshly made drives, until the agent
+// answers an authenticated ping over the link; (b) `mvmctl up -d --network none`,
+// which returns at the same point. One untimed round warms the page cache first.
+func Boot(ctx context.Context, o BootOptions) (BootReport, error) {
+	img, err := (image.Store{Dir: o.Root.Images()}).Get(image.DefaultName)
+	if err != nil {
+		return BootReport{}, err
+	}
+	backend, err := qemu.New()
+	if err != nil {
+		return BootReport{}, err
+	}
+	rep := BootReport{Runs: o.Runs, Accel: backend.Accel()}
+	var base, mvm, mvmNet []time.Duration
+	for i := -1; i < o.Runs; i++ {
+		b, err := handBoot(ctx, o.Root, img, backend.AccelInfo())
+		if err != nil {
+			return rep, fmt.Errorf("baseline: %w", err)
+		}
+		m, err := mvmctlUp(ctx, o, fmt.Sprintf("bench-%d-%d", os.Getpid(), i), "none")
+		if err != nil {
+			return rep, err
+		}
+		var n time.Duration
+		if o.Network {
+			if n, err = mvmctlUp(ctx, o, fmt.Sprintf("bench-net-%d-%d", os.Getpid(), i), vm.NetworkDefault); err != nil {
+				return rep, err
+			}
+		}
+		if i < 0 {
+			continue // warm-up
+		}
+		base, mvm = append(base, b), append(mvm, m)
+		if o.Network {
+			mvmNet = append(mvmNet, n)
+		}
+		if o.Progress != nil {
+			o.Progress(fmt.Sprintf("run %d: by hand %v, mvmctl up %v", i+1, b.Round(time.Millisecond), m.Round(time.Millisecond)))
+		}
+	}
+	rep.Baseline = newSeries("qemu by hand", base)
+	rep.MVM = newSeries("mvmctl up -d --network none", mvm)
+	if o.Network {
+		rep.MVMNet = newSeries("mvmctl up -d (default network)", mvmNet)
+	}
+	if rep.Baseline.Median > 0 {
+		rep.Ratio = rep.MVM.Median / rep.Baseline.Median
+	}
+	return rep, nil
+}
+
+func mvmctlUp(ctx context.Context, o BootOptions, name, network string) (time.Duration, error) {
+	start := time.Now()
+	out, err := exec.CommandContext(ctx, o.Mvmctl, "--root", o.Root.Dir, "up", "-d", "--name", name, "--network", network).CombinedOutput()
+	d := time.Since(start)
+	if err != nil {
+		return 0, fmt.Errorf("mvmctl up: %w: %s", err, out)
+	}
+	if out, err := exec.CommandContext(ctx, o.Mvmctl, "--root", o.Root.Dir, "down", name).CombinedOutput(); err != nil {
+		return 0, fmt.Errorf("mvmctl down: %w: %s", err, out)
+	}
+	return d, nil
+}
+
+// handBoot starts QEMU directly with the same kernel, initramfs, drives and
+// arguments mvm would use, and no mvm process in between.
+func handBoot(ctx context.Context, root layout.Root, img image.Image, accel qemu.Accel) (time.Duration, error) {
+	dir, err := os.MkdirTemp(root.Dir, ".bench-")
+	if err != nil {
+		return 0, err
+	}
+	defer os.RemoveAll(dir)
+	raw := make([]byte, 32)
+	_, _ = rand.Read(raw)
+	token := []byte(hex.EncodeToString(raw))
+	rootfs, cfg, sec := filepath.Join(dir, "rootfs.ext4"), filepath.Join(dir, "config.ext4"), filepath.Join(dir, "secrets.ext4")
+	if err := drive.CopySparse(img.Path(image.FileRootfs), rootfs); err != nil {
+		return 0, err
+	}
+	if err := drive.MakeConfig(ctx, cfg, drive.ConfigData{Name: "bench", Hostname: "bench"}); err != nil {
+		return 0, err
+	}
+	if err := drive.MakeSecrets(ctx, sec, token); err != nil {
+		return 0, err
+	}
+	rec := vm.Record{Spec: vm.Spec{Name: "bench"}}
+	cfgQ := vmm.Config{Name: "bench", CPUs: 1, MemoryMiB: 512, Kernel: img.Path(image.FileKernel), Initrd: img.Path(image.FileInitrd),
+		KernelArgs: supervisor.ContractArgs(rec),
+		Drives:     []vmm.Drive{{ID: "vda", Path: rootfs}, {ID: "vdb", Path: cfg, ReadOnly: true}, {ID: "vdc", Path: sec, ReadOnly: true}}}
+	var theirs []*os.File
+	var ours []net.Conn
+	for i := 0; i < 3; i++ {
+		fds, err := syscall.Socketpair(syscall.AF_UNIX, syscall.SOCK_STREAM|syscall.SOCK_CLOEXEC, 0)
+		if err != nil {
+			return 0, err
+		}
+		theirs = append(theirs, os.NewFile(uintptr(fds[0]), "q"))
+		f := os.NewFile(uintptr(fds[1]), "o")
+		c, err := net.FileConn(f)
+		f.Close()
+		if err != nil {
+			return 0, err
+		}
+		defer c.Close()
+		ours = append(ours, c)
+	}
+	cmd := exec.Command(qemu.Binary, qemu.Args(cfgQ, accel, qemu.Fds{QMP: 3, Console: 4, Agent: 5, TAP: -1})...)
+	cmd.ExtraFiles = theirs
+	start := time.Now()
+	if err := cmd.Start(); err != nil {
+		return 0, err
+	}
+	for _, f := range theirs {
+		f.Close()
+	}
+	defer func() {
+		_ = cmd.Process.Kill()
+		_ = cmd.Wait()
+	}()
+	go func() { // drain the console so the guest never blocks on it
+		buf := make([]byte, 4096)
+		for {
+			if _, err := ours[1].Read(buf); err != nil {
+				return
+			}
+		}
+	}()
+	bctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
+	defer cancel()
+	sess, err := link.Dial(bctx, ours[2])
+	if err != nil {
+		return 0, err
+	}
+	defer sess.Close()
+	cl := client.New(func(ctx context.Context) (net.Conn, error) { return sess.Open(ctx) }, token)
+	if _, err := cl.Ping(bctx); err != nil {
+		return 0, err
+	}
+	return time.Since(start), nil
+}

@@ -1,0 +1,133 @@
+package vm
+
+import (
+	"math/rand/v2"
+	"strings"
+	"testing"
+)
+
+func TestValidateName(t *testing.T) {
+	tests := []struct {
+		name string
+		ok   bool
+	}{
+		{"web", true}, {"a", true}, {"web-1", true}, {"0x", true}, {strings.Repeat("a", 63), true},
+		{"", false}, {strings.Repeat("a", 64), false}, {"-web", false}, {"web-", false},
+		{"Web", false}, {"we_b", false}, {"we b", false}, {"wéb", false}, {"web/..", false},
+	}
+	for _, tc := range tests {
+		if err := ValidateName(tc.name); (err == nil) != tc.ok {
+			t.Errorf("%q: err=%v want ok=%v", tc.name, err, tc.ok)
+		}
+	}
+}
+
+func TestRandomNameValid(t *testing.T) {
+	r := rand.New(rand.NewPCG(1, 2))
+	for i := 0; i < 200; i++ {
+		if n := RandomName(r); ValidateName(n) != nil {
+			t.Fatalf("random name %q is invalid", n)
+		}
+	}
+}
+
+func TestParseSize(t *testing.T) {
+	tests := []struct {
+		in   string
+		want int64
+		err  string
+	}{
+		{"512M", 512 << 20, ""}, {"1G", 1 << 30, ""}, {"1.5G", 3 << 29, ""}, {"64MiB", 64 << 20, ""},
+		{"2g", 2 << 30, ""}, {"128 M", 128 << 20, ""}, {"4096K", 4 << 20, ""}, {"1T", 1 << 40, ""},
+		{"512", 0, "no unit"}, {"", 0, "empty"}, {"abc", 0, "unknown unit"}, {"12X", 0, "unknown unit"},
+		{"M", 0, "not a number"}, {"1.2.3G", 0, "not a number"}, {"-5M", 0, "unknown unit"},
+	}
+	for _, tc := range tests {
+		got, err := ParseSize(tc.in)
+		if tc.err != "" {
+			if err == nil || !strings.Contains(err.Error(), tc.err) {
+				t.Errorf("%q: got %d, %v; want error containing %q", tc.in, got, err, tc.err)
+			}
+			continue
+		}
+		if err != nil || got != tc.want {
+			t.Errorf("%q: got %d, %v; want %d", tc.in, got, err, tc.want)
+		}
+	}
+}
+
+func FuzzParseSize(f *testing.F) {
+	for _, s := range []string{"512M", "1.5G", "64MiB", "x", ""} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		if v, err := ParseSize(s); err == nil && v < 0 {
+			t.Fatalf("%q parsed to negative %d", s, v)
+		}
+	})
+}
+
+func TestFormatMiB(t *testing.T) {
+	for in, want := range map[int64]string{512: "512M", 1024: "1G", 1536: "1.5G", 2048: "2G", 100: "100M"} {
+		if got := FormatMiB(in); got != want {
+			t.Errorf("%d: %s want %s", in, got, want)
+		}
+	}
+}
+
+func TestSpecValidate(t *testing.T) {
+	good := Spec{Name: "web", Image: "default", CPUs: 1, MemoryMiB: 512, Network: NetworkDefault, Hypervisor: HypervisorAuto}
+	tests := []struct {
+		mut func(*Spec)
+		err string
+	}{
+		{func(*Spec) {}, ""},
+		{func(s *Spec) { s.CPUs = 0 }, "--cpus 0"},
+		{func(s *Spec) { s.CPUs = 3 }, "this host has 2 cores"},
+		{func(s *Spec) { s.MemoryMiB = 64 }, "at least 128M"},
+		{func(s *Spec) { s.DataDiskMiB = 4 }, "at least 8M"},
+		{func(s *Spec) { s.Network = "bridge" }, "use default or none"},
+		{func(s *Spec) { s.Hypervisor = "xen" }, "auto, qemu or firecracker"},
+		{func(s *Spec) { s.Name = "Bad" }, "invalid"},
+		{func(s *Spec) { s.Image = "" }, "image is empty"},
+	}
+	for _, tc := range tests {
+		s := good
+		tc.mut(&s)
+		err := s.Validate(2)
+		if (tc.err == "") != (err == nil) || (err != nil && !strings.Contains(err.Error(), tc.err)) {
+			t.Errorf("%+v: got %v, want %q", s, err, tc.err)
+		}
+	}
+}
+
+func TestTransitions(t *testing.T) {
+	tests := []struct {
+		from, to State
+		ok       bool
+	}{
+		{StateCreating, StateStarting, true},
+		{StateStarting, StateRunning, true},
+		{StateRunning, StateStopping, true},
+		{StateStopping, StateExited, true},
+		{StateRunning, StateExited, true}, // the guest powered itself off
+		{StateCreating, StateExited, true},
+		{StateExited, StateRunning, false},
+		{StateRunning, StateCreating, false},
+		{StateStopping, StateRunning, false},
+		{StateRunning, StateRunning, true},
+	}
+	for _, tc := range tests {
+		r := Record{State: tc.from, Spec: Spec{Name: "x"}}
+		err := r.SetState(tc.to)
+		if (err == nil) != tc.ok {
+			t.Errorf("%s -> %s: %v", tc.from, tc.to, err)
+		}
+		if err != nil && r.State != tc.from {
+			t.Errorf("%s -> %s: state changed on a refused move", tc.from, tc.to)
+		}
+	}
+	if StateExited.Active() || !StateStopping.Active() {
+		t.Error("Active")
+	}
+}

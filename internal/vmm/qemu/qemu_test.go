@@ -1,0 +1,101 @@
+package qemu
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"net"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/mvm-dev/mvm/internal/vmm"
+)
+
+func TestArgsDeviceOrderAndAccel(t *testing.T) {
+	cfg := vmm.Config{Name: "web", CPUs: 2, MemoryMiB: 256, Kernel: "/k", Initrd: "/i",
+		KernelArgs: []string{"console=ttyS0"},
+		Drives:     []vmm.Drive{{ID: "vda", Path: "/r,1"}, {ID: "vdb", Path: "/c", ReadOnly: true}},
+		MAC:        "02:00:0a:00:00:02"}
+	tcg := strings.Join(Args(cfg, Accel{Name: "tcg", TSCkHz: 2596000}, Fds{QMP: 3, Console: 4, Agent: 5, TAP: 6}), " ")
+	for _, want := range []string{"-accel tcg -cpu max", "tsc_early_khz=2596000", "reboot=t", "-m 256 -smp 2",
+		"file=/r,,1", "readonly=on", "tap,id=n0,fd=6", "mac=02:00:0a:00:00:02", "socket,id=agent,fd=5", "-no-reboot"} {
+		if !strings.Contains(tcg, want) {
+			t.Errorf("tcg args lack %q:\n%s", want, tcg)
+		}
+	}
+	// Drives, then NIC, then the serial device: the guest's device names follow this order.
+	vda, vdb, nic, ser := strings.Index(tcg, "drive=vda"), strings.Index(tcg, "drive=vdb"), strings.Index(tcg, "virtio-net-device"), strings.Index(tcg, "virtio-serial-device")
+	if !(vda < vdb && vdb < nic && nic < ser) {
+		t.Errorf("device order wrong: %d %d %d %d", vda, vdb, nic, ser)
+	}
+	kvm := strings.Join(Args(cfg, Accel{Name: "kvm", TSCkHz: 2596000}, Fds{QMP: 3, Console: 4, Agent: 5, TAP: -1}), " ")
+	if !strings.Contains(kvm, "-accel kvm -cpu host") || strings.Contains(kvm, "tsc_early_khz") || strings.Contains(kvm, "netdev") {
+		t.Errorf("kvm args: %s", kvm)
+	}
+}
+
+// fakeQMP speaks enough QMP for the client: greeting, capabilities, and scripted replies.
+func fakeQMP(t *testing.T, conn net.Conn) {
+	t.Helper()
+	go func() {
+		defer conn.Close()
+		conn.Write([]byte(`{"QMP": {"version": {}, "capabilities": ["oob"]}}` + "\r\n"))
+		sc := bufio.NewScanner(conn)
+		for sc.Scan() {
+			var req struct {
+				Execute string `json:"execute"`
+				ID      string `json:"id"`
+			}
+			json.Unmarshal(sc.Bytes(), &req)
+			switch req.Execute {
+			case "qmp_capabilities":
+				conn.Write([]byte(`{"return": {}, "id": "` + req.ID + `"}` + "\r\n"))
+			case "query-status":
+				// An event arrives between command and reply, as QEMU does.
+				conn.Write([]byte(`{"event": "STOP", "data": {}}` + "\r\n"))
+				conn.Write([]byte(`{"return": {"status": "running", "running": true}, "id": "` + req.ID + `"}` + "\r\n"))
+			default:
+				conn.Write([]byte(`{"error": {"class": "CommandNotFound", "desc": "nope"}, "id": "` + req.ID + `"}` + "\r\n"))
+			}
+		}
+	}()
+}
+
+func TestQMP(t *testing.T) {
+	a, b := net.Pipe()
+	fakeQMP(t, b)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	q, err := DialQMP(ctx, a)
+	if err != nil {
+		t.Fatal(err)
+	}
+	st, err := q.Status(ctx)
+	if err != nil || st != "running" {
+		t.Fatalf("status %q %v", st, err)
+	}
+	if _, err := q.Execute(ctx, "bogus", nil); err == nil || !strings.Contains(err.Error(), "CommandNotFound") {
+		t.Fatalf("error reply: %v", err)
+	}
+	select {
+	case ev := <-q.Events():
+		if ev.Name != "STOP" {
+			t.Fatalf("event %v", ev)
+		}
+	case <-time.After(time.Second):
+		t.Fatal("no event")
+	}
+	q.Close()
+	if _, err := q.Execute(ctx, "query-status", nil); err == nil {
+		t.Fatal("command on a closed connection succeeded")
+	}
+}
+
+func TestShutdownReason(t *testing.T) {
+	for in, want := range map[string]string{"guest-shutdown": "guest powered off", "guest-reset": "guest rebooted or panicked", "host-qmp-quit": "stopped by the host"} {
+		if got := shutdownReason(in); got != want {
+			t.Errorf("%s: %s", in, got)
+		}
+	}
+}

@@ -1,0 +1,207 @@
+package integration
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// env is one test's private mvm: its own root (sharing the built image) and its own
+// network namespace, where mvmctl and everything it starts run.
+type env struct {
+	t    *testing.T
+	root string
+	ns   string
+}
+
+func newEnv(t *testing.T) *env {
+	t.Helper()
+	requireSuite(t)
+	b := make([]byte, 4)
+	rand.Read(b)
+	id := hex.EncodeToString(b)
+	root, err := os.MkdirTemp("/tmp", "mvmit-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink(filepath.Join(suite.sharedRoot, "images"), filepath.Join(root, "images")); err != nil {
+		t.Fatal(err)
+	}
+	e := &env{t: t, root: root, ns: "mvmit-" + id}
+	if out, err := exec.Command("ip", "netns", "add", e.ns).CombinedOutput(); err != nil {
+		t.Fatalf("ip netns add: %v: %s", err, out)
+	}
+	if out, err := exec.Command("ip", "netns", "exec", e.ns, "ip", "link", "set", "lo", "up").CombinedOutput(); err != nil {
+		t.Fatalf("lo up: %v: %s", err, out)
+	}
+	t.Cleanup(e.cleanup)
+	return e
+}
+
+func (e *env) cleanup() {
+	// Remove every VM, then prove nothing of them is left on the host.
+	r := e.run("down", "--all", "--timeout", "3s")
+	if r.code != 0 {
+		e.t.Errorf("cleanup: down --all: %s", r.stderr)
+	}
+	e.assertNoLeftovers()
+	exec.Command("ip", "netns", "del", e.ns).Run()
+	os.RemoveAll(e.root)
+}
+
+// assertNoLeftovers checks that no hypervisor of this root runs and no TAP exists.
+func (e *env) assertNoLeftovers() {
+	e.t.Helper()
+	out, _ := exec.Command("pgrep", "-f", "qemu-system.*"+e.root).Output()
+	if len(bytes.TrimSpace(out)) > 0 {
+		e.t.Errorf("QEMU processes left behind: %s", out)
+	}
+	links, _ := exec.Command("ip", "netns", "exec", e.ns, "ip", "-o", "link", "show").Output()
+	for _, line := range strings.Split(string(links), "\n") {
+		if strings.Contains(line, ": mvt") {
+			e.t.Errorf("TAP left behind: %s", line)
+		}
+	}
+}
+
+type result struct {
+	stdout, stderr string
+	code           int
+}
+
+// run runs mvmctl in the test's namespace and root.
+func (e *env) run(args ...string) result {
+	return e.runWith(nil, nil, args...)
+}
+
+func (e *env) runWith(stdin []byte, extraEnv []string, args ...string) result {
+	e.t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
+	defer cancel()
+	full := append([]string{"netns", "exec", e.ns, filepath.Join(suite.bin, "mvmctl"), "--root", e.root}, args...)
+	cmd := exec.CommandContext(ctx, "ip", full...)
+	var so, se bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &so, &se
+	cmd.Env = append(os.Environ(), extraEnv...)
+	if stdin != nil {
+		cmd.Stdin = bytes.NewReader(stdin)
+	}
+	err := cmd.Run()
+	code := 0
+	if ee, ok := err.(*exec.ExitError); ok {
+		code = ee.ExitCode()
+	} else if err != nil {
+		e.t.Fatalf("run mvmctl %v: %v", args, err)
+	}
+	return result{stdout: so.String(), stderr: se.String(), code: code}
+}
+
+// must runs mvmctl and fails the test on a non-zero exit.
+func (e *env) must(args ...string) string {
+	e.t.Helper()
+	r := e.run(args...)
+	if r.code != 0 {
+		e.t.Fatalf("mvmctl %s: exit %d\nstdout: %s\nstderr: %s", strings.Join(args, " "), r.code, r.stdout, r.stderr)
+	}
+	return r.stdout
+}
+
+// start starts a command in the test's namespace without waiting.
+func (e *env) start(args ...string) (*exec.Cmd, *bytes.Buffer, *bytes.Buffer) {
+	e.t.Helper()
+	full := append([]string{"netns", "exec", e.ns, filepath.Join(suite.bin, "mvmctl"), "--root", e.root}, args...)
+	cmd := exec.Command("ip", full...)
+	var so, se bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &so, &se
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	if err := cmd.Start(); err != nil {
+		e.t.Fatal(err)
+	}
+	return cmd, &so, &se
+}
+
+// inNS runs a host command inside the test's namespace.
+func (e *env) inNS(name string, args ...string) (string, error) {
+	out, err := exec.Command("ip", append([]string{"netns", "exec", e.ns, name}, args...)...).CombinedOutput()
+	return string(out), err
+}
+
+type vmInfo struct {
+	Name        string `json:"name"`
+	ID          string `json:"id"`
+	State       string `json:"state"`
+	Backend     string `json:"backend"`
+	Accel       string `json:"accel"`
+	CPUs        int    `json:"cpus"`
+	MemoryMiB   int64  `json:"memory_mib"`
+	DataDiskMiB int64  `json:"data_disk_mib"`
+	IP          string `json:"ip"`
+	MAC         string `json:"mac"`
+	Image       string `json:"image"`
+	ExitReason  string `json:"exit_reason"`
+}
+
+func (e *env) ls(all bool) []vmInfo {
+	e.t.Helper()
+	args := []string{"ls", "--json"}
+	if all {
+		args = append(args, "-a")
+	}
+	var out []vmInfo
+	if err := json.Unmarshal([]byte(e.must(args...)), &out); err != nil {
+		e.t.Fatalf("ls --json: %v", err)
+	}
+	return out
+}
+
+func (e *env) vm(name string) vmInfo {
+	e.t.Helper()
+	for _, v := range e.ls(true) {
+		if v.Name == name {
+			return v
+		}
+	}
+	e.t.Fatalf("no VM %s in ls -a", name)
+	return vmInfo{}
+}
+
+// vmDirs lists the per-VM directories of the root.
+func (e *env) vmDirs() []string {
+	entries, _ := os.ReadDir(filepath.Join(e.root, "vms"))
+	var out []string
+	for _, d := range entries {
+		out = append(out, d.Name())
+	}
+	return out
+}
+
+func (e *env) exec(name string, argv ...string) result {
+	e.t.Helper()
+	return e.run(append([]string{"exec", name, "--"}, argv...)...)
+}
+
+func (e *env) mustExec(name string, argv ...string) string {
+	e.t.Helper()
+	r := e.exec(name, argv...)
+	if r.code != 0 {
+		e.t.Fatalf("exec %v in %s: exit %d: %s", argv, name, r.code, r.stderr)
+	}
+	return r.stdout
+}
+
+func pidOf(pattern string) []string {
+	out, _ := exec.Command("pgrep", "-f", pattern).Output()
+	return strings.Fields(string(out))
+}
+
+var _ = fmt.Sprint
