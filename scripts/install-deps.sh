@@ -9,6 +9,7 @@ command -v make >/dev/null || need+=(make)
 command -v ip >/dev/null || need+=(iproute2)
 command -v unshare >/dev/null || need+=(util-linux)
 command -v gcc >/dev/null || need+=(gcc libc6-dev) # the race detector needs cgo
+command -v depmod >/dev/null || need+=(kmod)         # cross-checks the initramfs module order
 if ((${#need[@]})); then
 	export DEBIAN_FRONTEND=noninteractive
 	apt-get install -y -q --no-install-recommends "${need[@]}" || { apt-get update -q && apt-get install -y -q --no-install-recommends "${need[@]}"; }

@@ -17,7 +17,11 @@ CGO_ENABLED=1 go test -race -count=1 -timeout 10m $(go list ./... | grep -v /tes
 
 echo "== fuzz targets (${FUZZTIME:=5s} each)"
 while read -r pkg target; do
-	go test -run '^$' -fuzz "^${target}\$" -fuzztime "$FUZZTIME" "$pkg" >/dev/null
+	if ! out=$(go test -run '^$' -fuzz "^${target}\$" -fuzztime "$FUZZTIME" "$pkg" 2>&1); then
+		echo "$out" | tail -40
+		echo "FAIL $target ($pkg)"
+		exit 1
+	fi
 	echo "ok  $target ($pkg)"
 done < <(grep -rl --include='*_test.go' '^func Fuzz' cmd internal | while read -r f; do
 	for t in $(grep -o '^func Fuzz[A-Za-z0-9_]*' "$f" | cut -d' ' -f2); do echo "./$(dirname "$f") $t"; done

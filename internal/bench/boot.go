@@ -87,12 +87,28 @@ func Boot(ctx context.Context, o BootOptions) (BootReport, error) {
 	rep := BootReport{Runs: o.Runs, Accel: backend.Accel()}
 	var base, mvm, mvmNet []time.Duration
 	for i := -1; i < o.Runs; i++ {
-		b, err := handBoot(ctx, o.Root, img, backend.AccelInfo())
-		if err != nil {
-			return rep, fmt.Errorf("baseline: %w", err)
+		// Alternate which goes first, so neither always inherits the other's aftermath.
+		var b, m time.Duration
+		runBase := func() error {
+			var err error
+			if b, err = handBoot(ctx, o.Root, img, backend.AccelInfo()); err != nil {
+				return fmt.Errorf("baseline: %w", err)
+			}
+			return nil
 		}
-		m, err := mvmctlUp(ctx, o, fmt.Sprintf("bench-%d-%d", os.Getpid(), i), "none")
-		if err != nil {
+		runMVM := func() error {
+			var err error
+			m, err = mvmctlUp(ctx, o, fmt.Sprintf("bench-%d-%d", os.Getpid(), i), "none")
+			return err
+		}
+		first, second := runBase, runMVM
+		if i%2 != 0 {
+			first, second = runMVM, runBase
+		}
+		if err := first(); err != nil {
+			return rep, err
+		}
+		if err := second(); err != nil {
 			return rep, err
 		}
 		var n time.Duration

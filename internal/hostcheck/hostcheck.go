@@ -170,7 +170,7 @@ func imageCheck(root layout.Root, agent string) Check {
 	}
 	detail := fmt.Sprintf("default = %s (kernel %s, %s)", img.Digest[:12], img.KernelRelease, img.KernelFormat)
 	if agent != "" {
-		if sum, err := sha256File(agent); err == nil && sum != img.Inputs["agent"] {
+		if sum, err := image.FileSHA256(agent); err == nil && sum != img.Inputs["agent"] {
 			return Check{Name: "image", Status: Warn, Detail: detail + "; built with another mvm-agent", Fix: "mvmctl bootstrap (rebuilds with the current agent)"}
 		}
 	}

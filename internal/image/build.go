@@ -24,7 +24,7 @@ import (
 )
 
 // recipe names the build steps below; bump it whenever they change what comes out.
-const recipe = "mvm-default-image-v1"
+const recipe = "mvm-default-image-v2"
 
 // epoch is the timestamp given to every file of an image, so builds are reproducible.
 const epoch = 1700000000
@@ -57,7 +57,7 @@ func (o BuildOptions) progress(step string) {
 func (o BuildOptions) Digest() (string, map[string]string, error) {
 	inputs := map[string]string{"kernel": o.Kernel.SHA256}
 	for name, p := range map[string]string{"agent": o.Agent, "busybox": o.Busybox} {
-		sum, err := fileSHA256(p)
+		sum, err := FileSHA256(p)
 		if err != nil {
 			return "", nil, fmt.Errorf("%s: %w", name, err)
 		}
@@ -330,11 +330,60 @@ func writeRootfs(ctx context.Context, busybox, stage, dst string, sizeMiB int64,
 	uuid := digest[0:8] + "-" + digest[8:12] + "-" + digest[12:16] + "-" + digest[16:20] + "-" + digest[20:32]
 	cmd := exec.CommandContext(ctx, "mkfs.ext4", "-q", "-F", "-L", "mvm-root", "-b", "4096", "-U", uuid,
 		"-E", "hash_seed="+uuid+",root_owner=0:0", "-d", stage, dst, fmt.Sprintf("%dM", sizeMiB))
-	cmd.Env = append(os.Environ(), fmt.Sprintf("E2FSPROGS_FAKE_TIME=%d", epoch))
+	fakeTime := fmt.Sprintf("E2FSPROGS_FAKE_TIME=%d", epoch)
+	cmd.Env = append(os.Environ(), fakeTime)
 	if out, err := cmd.CombinedOutput(); err != nil {
 		return fmt.Errorf("mkfs.ext4: %w: %s", err, strings.TrimSpace(string(out)))
 	}
+	return pinInodeTimes(ctx, stage, dst, fakeTime)
+}
+
+// pinInodeTimes sets every inode's ctime and atime to the epoch. mkfs.ext4 -d copies
+// them from the staging files, where the kernel sets ctime on every change and atime
+// on the read mkfs itself does, so without this no two builds would be identical.
+func pinInodeTimes(ctx context.Context, stage, img, fakeTime string) error {
+	var cmds strings.Builder
+	err := filepath.WalkDir(stage, func(p string, d os.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		rel, _ := filepath.Rel(stage, p)
+		in := "/" + filepath.ToSlash(rel)
+		if rel == "." {
+			in = "/"
+		}
+		if strings.ContainsAny(in, " \t\n\"") {
+			return fmt.Errorf("staged path %q cannot be named in a debugfs script", in)
+		}
+		fmt.Fprintf(&cmds, "sif %s ctime 0x%x\nsif %s atime 0x%x\n", in, epoch, in, epoch)
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	script := filepath.Join(filepath.Dir(stage), "debugfs.cmds")
+	if err := os.WriteFile(script, []byte(cmds.String()), 0o600); err != nil {
+		return err
+	}
+	cmd := exec.CommandContext(ctx, "debugfs", "-w", "-f", script, img)
+	cmd.Env = append(os.Environ(), fakeTime)
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		return fmt.Errorf("debugfs: %w: %s", err, strings.TrimSpace(string(out)))
+	}
+	if bytes.Contains(out, []byte("sif: ")) { // debugfs reports per-command errors on its output only
+		return fmt.Errorf("debugfs: %s", firstErrorLine(out))
+	}
 	return nil
+}
+
+func firstErrorLine(out []byte) string {
+	for _, l := range strings.Split(string(out), "\n") {
+		if strings.Contains(l, "sif: ") {
+			return l
+		}
+	}
+	return ""
 }
 
 // setTimes gives every staged file the fixed epoch, links included.
@@ -365,7 +414,8 @@ func copyFile(src, dst string, perm os.FileMode) error {
 	return out.Close()
 }
 
-func fileSHA256(p string) (string, error) {
+// FileSHA256 returns the hex SHA-256 of a file.
+func FileSHA256(p string) (string, error) {
 	f, err := os.Open(p)
 	if err != nil {
 		return "", err

@@ -1,7 +1,6 @@
 package runtime
 
 import (
-	"net/netip"
 	"os"
 	"syscall"
 	"time"
@@ -60,19 +59,7 @@ func (r *Runtime) cleanupDead(rec vm.Record) {
 	if rec.State == vm.StateCreating {
 		reason = "mvmctl died while creating the VM; cleaned up"
 	}
-	err = r.Store.Update(func(tx *store.Tx) error {
-		cur, err := tx.VM(rec.Spec.Name)
-		if err != nil || cur.ID != rec.ID || !cur.State.Active() {
-			return nil
-		}
-		if ip, err := netip.ParsePrefix(cur.IP); err == nil {
-			_ = tx.ReleaseIP(cur.Spec.Network, ip.Addr(), cur.ID)
-		}
-		cur.State = vm.StateExited
-		cur.ExitedAt = time.Now().UTC()
-		cur.ExitReason = reason
-		return tx.PutVM(cur)
-	})
+	err = r.Store.Update(func(tx *store.Tx) error { return tx.MarkExited(rec.Spec.Name, rec.ID, reason, time.Now()) })
 	if err != nil {
 		r.Log.Warn("reconcile", "vm", rec.Spec.Name, "err", err)
 		return

@@ -175,6 +175,25 @@ func (t *Tx) PutVM(r vm.Record) error { return t.put(bucketVMs, r.Spec.Name, r) 
 // DeleteVM removes a VM record.
 func (t *Tx) DeleteVM(name string) error { return t.tx.Bucket(bucketVMs).Delete([]byte(name)) }
 
+// MarkExited records that the VM name (with this id) has ended, and frees its address.
+// It does nothing if the record is gone, belongs to another VM of the same name, or
+// is already exited, so the supervisor and reconcile can both call it.
+func (t *Tx) MarkExited(name, id, reason string, at time.Time) error {
+	r, err := t.VM(name)
+	if err != nil || r.ID != id || !r.State.Active() {
+		return nil
+	}
+	if ip, err := netip.ParsePrefix(r.IP); err == nil {
+		if err := t.ReleaseIP(r.Spec.Network, ip.Addr(), r.ID); err != nil {
+			return err
+		}
+	}
+	r.State = vm.StateExited
+	r.ExitedAt = at.UTC()
+	r.ExitReason = reason
+	return t.PutVM(r)
+}
+
 // Network is a bridge with a subnet that VMs get addresses from.
 type Network struct {
 	Name    string       `json:"name"`

@@ -442,19 +442,7 @@ func (s *supervisor) teardown(reason string) {
 	for _, f := range s.dir.RuntimeFiles() {
 		_ = os.Remove(f)
 	}
-	err := s.st.Update(func(tx *store.Tx) error {
-		r, err := tx.VM(s.o.Name)
-		if err != nil || r.ID != s.o.ID {
-			return nil // already removed by `down`
-		}
-		if ip, err := netip.ParsePrefix(r.IP); err == nil {
-			_ = tx.ReleaseIP(r.Spec.Network, ip.Addr(), r.ID)
-		}
-		r.State = vm.StateExited
-		r.ExitedAt = time.Now().UTC()
-		r.ExitReason = reason
-		return tx.PutVM(r)
-	})
+	err := s.st.Update(func(tx *store.Tx) error { return tx.MarkExited(s.o.Name, s.o.ID, reason, time.Now()) })
 	if err != nil {
 		s.o.Log.Error("record exit", "err", err)
 	}

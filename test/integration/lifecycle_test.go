@@ -183,18 +183,19 @@ func TestExecCodesAndStreams(t *testing.T) {
 	}
 }
 
-// TestParallelUp boots four VMs at once: distinct names and addresses, all answer.
+// TestParallelUp boots eight VMs at once: distinct names and addresses, all answer,
+// and every guest reaches every other one on the bridge.
 func TestParallelUp(t *testing.T) {
 	t.Parallel()
 	e := newEnv(t)
-	const n = 4
+	const n = 8
 	var wg sync.WaitGroup
 	results := make([]result, n)
 	for i := 0; i < n; i++ {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			results[i] = e.run("up", "-d", "--memory", "192M") // random names
+			results[i] = e.run("up", "-d", "--memory", "160M") // random names
 		}()
 	}
 	wg.Wait()
