@@ -28,10 +28,10 @@ const DefaultPortName = "mvm.agent"
 // Main runs the agent. As PID 1 it first boots the guest; otherwise (a guest with its
 // own init, such as NixOS) it only serves. It returns only on failure.
 func Main() error {
-	log := newLogger()
+	log, outputs := newLogger()
 	ctx := context.Background()
 	pid1 := os.Getpid() == 1
-	a := &agentGuest{log: log, pid1: pid1}
+	a := &agentGuest{log: log, logOut: outputs, pid1: pid1}
 	if err := a.boot(); err != nil {
 		log.Error("boot failed", "err", err)
 		a.halt()
@@ -52,6 +52,7 @@ func (a *agentGuest) halt() {
 
 type agentGuest struct {
 	log     *slog.Logger
+	logOut  *logOutputs
 	pid1    bool
 	cmdline Cmdline
 	token   []byte
@@ -63,6 +64,7 @@ func (a *agentGuest) boot() error {
 		if err := mountEarly(); err != nil {
 			return err
 		}
+		a.logOut.attachKmsg()
 		os.Setenv("PATH", server.DefaultPath)
 	}
 	raw, err := os.ReadFile("/proc/cmdline")

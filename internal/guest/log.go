@@ -16,21 +16,37 @@ import (
 // shows them) and, from Info up, to the serial console, which is what `mvmctl logs`
 // shows. Under emulation every console byte is slow, so debug stays off the console.
 type kmsgHandler struct {
-	mu      *sync.Mutex
-	kmsg    io.Writer
-	console io.Writer
-	attrs   []slog.Attr
+	out   *logOutputs
+	attrs []slog.Attr
 }
 
-func newLogger() *slog.Logger {
-	h := &kmsgHandler{mu: &sync.Mutex{}, kmsg: io.Discard, console: os.Stderr}
+// logOutputs are shared by every handler derived with WithAttrs.
+type logOutputs struct {
+	mu      sync.Mutex
+	kmsg    io.Writer
+	console io.Writer
+}
+
+// attachKmsg starts writing to the kernel log; PID 1 can only do so once devtmpfs is
+// mounted (the initramfs has just /dev/console and /dev/null).
+func (o *logOutputs) attachKmsg() {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	if o.kmsg != io.Discard {
+		return
+	}
 	if f, err := os.OpenFile("/dev/kmsg", os.O_WRONLY, 0); err == nil {
-		h.kmsg = f
+		o.kmsg = f
 	}
+}
+
+func newLogger() (*slog.Logger, *logOutputs) {
+	o := &logOutputs{kmsg: io.Discard, console: os.Stderr}
 	if f, err := os.OpenFile("/dev/console", os.O_WRONLY|unix.O_NOCTTY, 0); err == nil {
-		h.console = f
+		o.console = f
 	}
-	return slog.New(h)
+	o.attachKmsg()
+	return slog.New(&kmsgHandler{out: o}), o
 }
 
 func (h *kmsgHandler) Enabled(_ context.Context, l slog.Level) bool { return l >= slog.LevelDebug }
@@ -56,11 +72,11 @@ func (h *kmsgHandler) Handle(_ context.Context, r slog.Record) error {
 	case r.Level < slog.LevelInfo:
 		prio = 7
 	}
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	fmt.Fprintf(h.kmsg, "<%d>mvm-agent: %s\n", prio, line)
+	h.out.mu.Lock()
+	defer h.out.mu.Unlock()
+	fmt.Fprintf(h.out.kmsg, "<%d>mvm-agent: %s\n", prio, line)
 	if r.Level >= slog.LevelInfo {
-		fmt.Fprintf(h.console, "mvm-agent: %s\r\n", line)
+		fmt.Fprintf(h.out.console, "mvm-agent: %s\r\n", line)
 	}
 	return nil
 }

@@ -6,7 +6,6 @@ package hostcheck
 import (
 	"bytes"
 	"context"
-	"debug/elf"
 	"errors"
 	"fmt"
 	"os"
@@ -63,27 +62,12 @@ func AgentPath() (string, error) {
 	return "", errors.New("mvm-agent not found next to mvmctl or on PATH: build it with `make build` (or set MVM_AGENT)")
 }
 
-// staticBusybox reports whether path is a statically linked busybox.
-func staticBusybox(path string) error {
-	f, err := elf.Open(path)
-	if err != nil {
-		return err
-	}
-	defer f.Close()
-	for _, p := range f.Progs {
-		if p.Type == elf.PT_INTERP {
-			return fmt.Errorf("%s is dynamically linked", path)
-		}
-	}
-	return nil
-}
-
 func missingPackages() []string {
 	var miss []string
 	for _, p := range Packages {
 		switch p.Tool {
 		case "busybox-static":
-			if staticBusybox(BusyboxPath) != nil {
+			if image.RequireStatic(BusyboxPath) != nil {
 				miss = append(miss, p.Package)
 			}
 		default:
@@ -123,7 +107,7 @@ func Doctor(ctx context.Context, root layout.Root) []Check {
 	} else {
 		add(Check{Name: "mkfs.ext4", Status: OK, Detail: "found"})
 	}
-	if err := staticBusybox(BusyboxPath); err != nil {
+	if err := image.RequireStatic(BusyboxPath); err != nil {
 		add(Check{Name: "busybox", Status: Fail, Detail: "no static busybox at " + BusyboxPath, Fix: "mvmctl bootstrap (installs busybox-static)"})
 	} else {
 		add(Check{Name: "busybox", Status: OK, Detail: BusyboxPath + " (static)"})

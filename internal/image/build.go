@@ -5,6 +5,7 @@ import (
 	"compress/gzip"
 	"context"
 	"crypto/sha256"
+	"debug/elf"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
@@ -77,6 +78,11 @@ func (s Store) Build(ctx context.Context, o BuildOptions) (img Image, built bool
 	}
 	if o.RootfsMiB == 0 {
 		o.RootfsMiB = 256
+	}
+	for name, p := range map[string]string{"mvm-agent": o.Agent, "busybox": o.Busybox} {
+		if err := RequireStatic(p); err != nil {
+			return Image{}, false, fmt.Errorf("%s: %w", name, err)
+		}
 	}
 	digest, inputs, err := o.Digest()
 	if err != nil {
@@ -412,6 +418,22 @@ func copyFile(src, dst string, perm os.FileMode) error {
 		return err
 	}
 	return out.Close()
+}
+
+// RequireStatic refuses a dynamically linked binary: the initramfs and the rootfs
+// carry no dynamic loader, so it would fail to start with a bare ENOENT at boot.
+func RequireStatic(path string) error {
+	f, err := elf.Open(path)
+	if err != nil {
+		return fmt.Errorf("%s is not an executable: %w", path, err)
+	}
+	defer f.Close()
+	for _, p := range f.Progs {
+		if p.Type == elf.PT_INTERP {
+			return fmt.Errorf("%s is dynamically linked; the guest needs a static binary (build with CGO_ENABLED=0, as `make build` does)", path)
+		}
+	}
+	return nil
 }
 
 // FileSHA256 returns the hex SHA-256 of a file.

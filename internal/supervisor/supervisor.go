@@ -342,11 +342,13 @@ func (s *supervisor) connectAgent(ctx context.Context) error {
 }
 
 func (s *supervisor) bootError(ctx context.Context, exited chan struct{}, err error) error {
+	// A broken link usually means the hypervisor is on its way out: give it a moment,
+	// so the error names the real cause and shows what the guest printed.
 	select {
 	case <-exited:
 		ex := s.inst.Wait()
 		return fmt.Errorf("the VM stopped while booting (%s); console:\n%s", ex.Reason, s.consoleTail(20))
-	default:
+	case <-time.After(2 * time.Second):
 	}
 	if errors.Is(ctx.Err(), context.DeadlineExceeded) {
 		return fmt.Errorf("the guest agent did not answer within %s; console:\n%s", s.o.BootTimeout, s.consoleTail(20))
