@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"io"
 	"log/slog"
 	"net"
 	"os"
@@ -116,16 +117,66 @@ func TestWrongTokenRefused(t *testing.T) {
 	}
 	defer c.Close()
 	pc := proto.NewConn(c)
-	var h proto.Hello
-	if err := pc.Expect(proto.THello, &h); err != nil {
-		t.Fatal(err)
-	}
 	if err := pc.WriteJSON(proto.TRequest, proto.Request{Op: proto.OpPoweroff}); err != nil {
 		t.Fatal(err)
 	}
 	if f, err := pc.Read(); err == nil && f.Type != proto.TError {
 		t.Fatalf("unauthenticated request answered with %s", f.Type)
 	}
+}
+
+// TestClockSkewUsesChallenge: a host whose clock disagrees with the guest's is still
+// admitted, through the challenge round trip.
+func TestClockSkewUsesChallenge(t *testing.T) {
+	sock, _ := stack(t, goodToken)
+	for _, skew := range []time.Duration{-time.Hour, time.Hour, 0} {
+		cl := client.NewHybrid(sock, goodToken, client.WithClock(func() time.Time { return time.Now().Add(skew) }))
+		if _, err := cl.Ping(context.Background()); err != nil {
+			t.Fatalf("skew %v: %v", skew, err)
+		}
+	}
+}
+
+// TestReplayedOpeningRefused: an attacker who recorded a host's opening flight (auth
+// and request) and plays it again gets a challenge it cannot answer.
+func TestReplayedOpeningRefused(t *testing.T) {
+	sock, g := stack(t, goodToken)
+	var recorded []byte
+	rec := client.New(func(ctx context.Context) (net.Conn, error) {
+		c, err := client.DialHybrid(ctx, sock, proto.AgentPort)
+		return &recordingConn{Conn: c, buf: &recorded}, err
+	}, goodToken)
+	if err := rec.Poweroff(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	c, err := client.DialHybrid(context.Background(), sock, proto.AgentPort)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if _, err := c.Write(recorded); err != nil {
+		t.Fatal(err)
+	}
+	pc := proto.NewConn(c)
+	f, err := pc.Read()
+	if err != nil || f.Type != proto.TChallenge {
+		t.Fatalf("replay answered with %v %v, want a challenge", f.Type, err)
+	}
+	c.(interface{ CloseWrite() error }).CloseWrite() // the attacker has no answer
+	io.Copy(io.Discard, c)
+	if g.poweroffs.Load() != 1 {
+		t.Fatalf("replayed poweroff executed: %d", g.poweroffs.Load())
+	}
+}
+
+type recordingConn struct {
+	net.Conn
+	buf *[]byte
+}
+
+func (r *recordingConn) Write(p []byte) (int, error) {
+	*r.buf = append(*r.buf, p...)
+	return r.Conn.Write(p)
 }
 
 func TestExec(t *testing.T) {

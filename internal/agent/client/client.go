@@ -6,6 +6,7 @@ package client
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -59,24 +60,38 @@ type DialFunc func(ctx context.Context) (net.Conn, error)
 type Client struct {
 	dial  DialFunc
 	token []byte
+	now   func() time.Time
 }
 
+// Option configures a Client.
+type Option func(*Client)
+
+// WithClock replaces the clock the handshake proves freshness with (tests use it to
+// exercise the challenge path).
+func WithClock(now func() time.Time) Option { return func(c *Client) { c.now = now } }
+
 // New returns a client that authenticates with token.
-func New(dial DialFunc, token []byte) *Client { return &Client{dial: dial, token: token} }
+func New(dial DialFunc, token []byte, opts ...Option) *Client {
+	c := &Client{dial: dial, token: token, now: time.Now}
+	for _, o := range opts {
+		o(c)
+	}
+	return c
+}
 
 // NewHybrid returns a client for a hybrid-vsock socket.
-func NewHybrid(socketPath string, token []byte) *Client {
+func NewHybrid(socketPath string, token []byte, opts ...Option) *Client {
 	return New(func(ctx context.Context) (net.Conn, error) {
 		return DialHybrid(ctx, socketPath, proto.AgentPort)
-	}, token)
+	}, token, opts...)
 }
 
 // session is one authenticated connection with its request sent.
 type session struct {
-	c     net.Conn
-	pc    *proto.Conn
-	hello proto.Hello
-	stop  func() bool
+	c    net.Conn
+	pc   *proto.Conn
+	ok   proto.AuthOK
+	stop func() bool
 }
 
 func (s *session) Close() error {
@@ -84,9 +99,17 @@ func (s *session) Close() error {
 	return s.c.Close()
 }
 
-// open dials, authenticates and sends req; the agent's proof is checked before any
-// answer is trusted.
+// open dials, authenticates and sends req in one flight (see proto/auth.go); the
+// agent's proof is checked before any answer is trusted.
 func (cl *Client) open(ctx context.Context, req proto.Request) (*session, error) {
+	reqJSON, err := json.Marshal(req)
+	if err != nil {
+		return nil, err
+	}
+	nonce, err := proto.NewNonce()
+	if err != nil {
+		return nil, err
+	}
 	c, err := cl.dial(ctx)
 	if err != nil {
 		return nil, err
@@ -100,37 +123,53 @@ func (cl *Client) open(ctx context.Context, req proto.Request) (*session, error)
 		}
 		return nil, err
 	}
-	if err := s.pc.Expect(proto.THello, &s.hello); err != nil {
-		return fail(fmt.Errorf("agent hello: %w", err))
-	}
-	if s.hello.Proto != proto.Version {
-		return fail(fmt.Errorf("agent speaks protocol %d, mvmctl speaks %d: rebuild the image with `mvmctl bootstrap`", s.hello.Proto, proto.Version))
-	}
-	if err := proto.CheckNonce(s.hello.Nonce); err != nil {
-		return fail(err)
-	}
-	nonce, err := proto.NewNonce()
-	if err != nil {
-		return fail(err)
-	}
-	if err := s.pc.WriteJSON(proto.TAuth, proto.Auth{Proto: proto.Version, Nonce: nonce,
-		MAC: proto.HostMAC(cl.token, s.hello.Nonce, nonce)}); err != nil {
+	t := cl.now().UnixNano()
+	if err := s.pc.WriteJSON(proto.TAuth, proto.Auth{Proto: proto.Version, Nonce: nonce, TimeNs: t,
+		MAC: proto.HostMAC(cl.token, nonce, t, nil, reqJSON)}); err != nil {
 		return fail(fmt.Errorf("agent auth: %w", err))
 	}
-	// Pipelined: the request follows the proof without waiting a round trip.
-	if err := s.pc.WriteJSON(proto.TRequest, req); err != nil {
+	if err := s.pc.WriteControl(proto.TRequest, reqJSON); err != nil {
 		return fail(fmt.Errorf("agent request: %w", err))
 	}
-	var ok proto.AuthOK
-	if err := s.pc.Expect(proto.TAuthOK, &ok); err != nil {
+	f, err := s.pc.Read()
+	if err != nil {
+		return fail(fmt.Errorf("agent auth: %w", err))
+	}
+	var challenge []byte
+	if f.Type == proto.TChallenge {
+		// The agent did not accept our clock (or saw our nonce): answer its challenge.
+		var ch proto.Challenge
+		if err := proto.Decode(f, proto.TChallenge, &ch); err != nil {
+			return fail(err)
+		}
+		if err := proto.CheckNonce(ch.Nonce); err != nil {
+			return fail(err)
+		}
+		challenge = ch.Nonce
+		t = cl.now().UnixNano()
+		if err := s.pc.WriteJSON(proto.TAuth, proto.Auth{Proto: proto.Version, Nonce: nonce, TimeNs: t, Challenge: challenge,
+			MAC: proto.HostMAC(cl.token, nonce, t, challenge, reqJSON)}); err != nil {
+			return fail(fmt.Errorf("agent auth: %w", err))
+		}
+		if f, err = s.pc.Read(); err != nil {
+			return fail(fmt.Errorf("agent auth: %w", err))
+		}
+	}
+	if err := proto.Decode(f, proto.TAuthOK, &s.ok); err != nil {
 		var re *proto.RemoteError
 		if errors.As(err, &re) && re.Code == proto.ErrCodeAuth {
 			return fail(fmt.Errorf("%w: the agent rejected this VM's token", proto.ErrAuth))
 		}
+		if errors.As(err, &re) && re.Code == proto.ErrCodeProtocol {
+			return fail(fmt.Errorf("agent refused the connection: %s (rebuild the image with `mvmctl bootstrap`?)", re.Message))
+		}
 		return fail(fmt.Errorf("agent auth: %w", err))
 	}
-	if !proto.VerifyMAC(ok.MAC, proto.AgentMAC(cl.token, s.hello.Nonce, nonce)) {
+	if !proto.VerifyMAC(s.ok.MAC, proto.AgentMAC(cl.token, nonce, challenge)) {
 		return fail(fmt.Errorf("%w: the agent could not prove it holds this VM's token", proto.ErrAuth))
+	}
+	if s.ok.Proto != proto.Version {
+		return fail(fmt.Errorf("agent speaks protocol %d, mvmctl speaks %d: rebuild the image with `mvmctl bootstrap`", s.ok.Proto, proto.Version))
 	}
 	return s, nil
 }

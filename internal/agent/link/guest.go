@@ -39,8 +39,10 @@ func Serve(ctx context.Context, port io.ReadWriter, version string, log *slog.Lo
 			return err
 		}
 		pr.eofEndsSession.Store(true)
-		mux, err := yamux.Server(readerConn{r: br, w: w}, yamuxConfig())
+		cw := newCoalescingWriter(w)
+		mux, err := yamux.Server(readerConn{r: br, w: cw}, yamuxConfig())
 		if err != nil {
+			cw.Close()
 			return err
 		}
 		logf(log, "link: host connected")
@@ -54,6 +56,7 @@ func Serve(ctx context.Context, port io.ReadWriter, version string, log *slog.Lo
 			go handle(c)
 		}
 		mux.Close()
+		cw.Close()
 		w.close()
 		pr.eofEndsSession.Store(false)
 		logf(log, "link: host session ended", "err", acceptErr)

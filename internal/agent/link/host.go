@@ -40,12 +40,15 @@ func Dial(ctx context.Context, port io.ReadWriteCloser) (*Session, error) {
 		}
 		return nil, fmt.Errorf("link: waiting for the agent: %w", err)
 	}
-	mux, err := yamux.Client(readerConn{r: br, w: port}, yamuxConfig())
+	cw := newCoalescingWriter(port)
+	mux, err := yamux.Client(readerConn{r: br, w: cw}, yamuxConfig())
 	if err != nil {
+		cw.Close()
 		return nil, fmt.Errorf("link: start session: %w", err)
 	}
 	go func() {
 		<-mux.CloseChan()
+		cw.Close()
 		port.Close()
 	}()
 	return &Session{mux: mux, AgentVersion: version}, nil

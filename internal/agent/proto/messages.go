@@ -5,24 +5,31 @@ import (
 	"fmt"
 )
 
-// Hello is the agent's first frame on every connection.
-type Hello struct {
+// Auth opens every connection, sent by the host together with its Request. MAC
+// proves the host holds the token, bound to a fresh nonce, the host's clock and the
+// request that follows (see HostMAC). Challenge is set when answering a Challenge.
+type Auth struct {
+	Proto     int    `json:"proto"`
+	Nonce     []byte `json:"nonce"`
+	TimeNs    int64  `json:"time_ns"`
+	Challenge []byte `json:"challenge,omitempty"`
+	MAC       []byte `json:"mac"`
+}
+
+// Challenge asks the host to prove itself against the agent's nonce instead of its
+// clock: sent when the clocks disagree (a guest clock set by hand, a long pause) or
+// the host's nonce was seen before.
+type Challenge struct {
+	Nonce  []byte `json:"nonce"`
+	TimeNs int64  `json:"time_ns"` // the guest's clock, for the host's error message
+}
+
+// AuthOK accepts the host and proves the agent holds the token too.
+type AuthOK struct {
 	Proto        int      `json:"proto"`
 	AgentVersion string   `json:"agent_version"`
 	Capabilities []string `json:"capabilities"`
-	Nonce        []byte   `json:"nonce"`
-}
-
-// Auth is the host's answer to Hello: its own nonce and a MAC proving it holds the token.
-type Auth struct {
-	Proto int    `json:"proto"`
-	Nonce []byte `json:"nonce"`
-	MAC   []byte `json:"mac"`
-}
-
-// AuthOK proves the agent holds the token too.
-type AuthOK struct {
-	MAC []byte `json:"mac"`
+	MAC          []byte   `json:"mac"`
 }
 
 // Operations a Request can ask for.

@@ -4,7 +4,7 @@
 // carries length-prefixed frames: a 4-byte big-endian payload length, a 1-byte frame
 // type, then the payload. Control frames carry JSON; data frames (stdin, stdout, stderr)
 // carry raw bytes, so bulk transfers cost no encoding. Every frame is size-limited and
-// every connection starts with an HMAC handshake keyed by the per-VM token.
+// every connection starts with an HMAC handshake keyed by the per-VM token (see auth.go).
 //
 // We use our own framing rather than gRPC or ttrpc: the agent is PID 1 of a guest that
 // boots under software emulation, where every megabyte of binary and every package
@@ -41,22 +41,22 @@ type Type uint8
 
 // Frame types. Values are part of the wire format: append, never renumber.
 const (
-	THello    Type = 1  // agent -> host: Hello
-	TAuth     Type = 2  // host -> agent: Auth
-	TAuthOK   Type = 3  // agent -> host: AuthOK
-	TRequest  Type = 4  // host -> agent: Request
-	TResponse Type = 5  // agent -> host: Response
-	TStdin    Type = 6  // host -> agent: raw bytes
-	TStdinEOF Type = 7  // host -> agent: empty
-	TStdout   Type = 8  // agent -> host: raw bytes
-	TStderr   Type = 9  // agent -> host: raw bytes
-	TExit     Type = 10 // agent -> host: Exit
-	TSignal   Type = 11 // host -> agent: Signal
-	TError    Type = 12 // either way: Error, then the connection closes
+	TChallenge Type = 1  // agent -> host: Challenge (only when the host's clock proof is refused)
+	TAuth      Type = 2  // host -> agent: Auth
+	TAuthOK    Type = 3  // agent -> host: AuthOK
+	TRequest   Type = 4  // host -> agent: Request
+	TResponse  Type = 5  // agent -> host: Response
+	TStdin     Type = 6  // host -> agent: raw bytes
+	TStdinEOF  Type = 7  // host -> agent: empty
+	TStdout    Type = 8  // agent -> host: raw bytes
+	TStderr    Type = 9  // agent -> host: raw bytes
+	TExit      Type = 10 // agent -> host: Exit
+	TSignal    Type = 11 // host -> agent: Signal
+	TError     Type = 12 // either way: Error, then the connection closes
 )
 
 func (t Type) String() string {
-	names := [...]string{"", "hello", "auth", "auth-ok", "request", "response", "stdin", "stdin-eof",
+	names := [...]string{"", "challenge", "auth", "auth-ok", "request", "response", "stdin", "stdin-eof",
 		"stdout", "stderr", "exit", "signal", "error"}
 	if int(t) < len(names) && t != 0 {
 		return names[t]
@@ -67,7 +67,7 @@ func (t Type) String() string {
 // IsData reports whether a frame type carries raw bytes rather than JSON.
 func (t Type) IsData() bool { return t == TStdin || t == TStdout || t == TStderr }
 
-func (t Type) known() bool { return t >= THello && t <= TError }
+func (t Type) known() bool { return t >= TChallenge && t <= TError }
 
 // MaxPayload is the size limit for a frame type.
 func (t Type) MaxPayload() int {
@@ -149,6 +149,15 @@ func (c *Conn) WriteData(t Type, p []byte) error {
 
 // WriteEmpty writes a frame without payload, such as TStdinEOF.
 func (c *Conn) WriteEmpty(t Type) error { return c.writeFrame(t, nil) }
+
+// WriteControl writes a control frame whose JSON payload is already encoded (the
+// handshake signs the exact bytes of the request).
+func (c *Conn) WriteControl(t Type, payload []byte) error {
+	if len(payload) > MaxControlPayload {
+		return fmt.Errorf("%w: %s frame of %d bytes", ErrFrameTooLarge, t, len(payload))
+	}
+	return c.writeFrame(t, payload)
+}
 
 // WriteJSON writes a control frame with v encoded as JSON.
 func (c *Conn) WriteJSON(t Type, v any) error {

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"io"
 	"testing"
+	"time"
 )
 
 func TestFrameRoundTrip(t *testing.T) {
@@ -88,14 +89,51 @@ func TestExecValidate(t *testing.T) {
 	}
 }
 
-func TestAuthMACsDiffer(t *testing.T) {
+func TestAuthMACs(t *testing.T) {
 	tok := []byte("0123456789abcdef")
-	a, h := bytes.Repeat([]byte{1}, NonceLen), bytes.Repeat([]byte{2}, NonceLen)
-	if bytes.Equal(HostMAC(tok, a, h), AgentMAC(tok, a, h)) {
+	n, c := bytes.Repeat([]byte{1}, NonceLen), bytes.Repeat([]byte{2}, NonceLen)
+	req := []byte(`{"op":"ping"}`)
+	host := HostMAC(tok, n, 5, nil, req)
+	if bytes.Equal(host, AgentMAC(tok, n, nil)) {
 		t.Fatal("host and agent proofs must differ so one cannot be replayed as the other")
 	}
-	if !VerifyMAC(HostMAC(tok, a, h), HostMAC(tok, a, h)) || VerifyMAC(HostMAC(tok, a, h), HostMAC([]byte("other-token-xxxxx"), a, h)) {
-		t.Fatal("verify")
+	for name, other := range map[string][]byte{
+		"other token":     HostMAC([]byte("other-token-xxxxx"), n, 5, nil, req),
+		"other time":      HostMAC(tok, n, 6, nil, req),
+		"other request":   HostMAC(tok, n, 5, nil, []byte(`{"op":"poweroff"}`)),
+		"with challenge":  HostMAC(tok, n, 5, c, req),
+		"nonce/challenge": HostMAC(tok, c, 5, n, req),
+	} {
+		if VerifyMAC(host, other) {
+			t.Errorf("%s: MAC unchanged", name)
+		}
+	}
+}
+
+func TestReplayGuard(t *testing.T) {
+	g := NewReplayGuard(2)
+	now := time.Unix(1000, 0)
+	n := func(b byte) []byte { return bytes.Repeat([]byte{b}, NonceLen) }
+	tests := []struct {
+		name  string
+		nonce []byte
+		host  time.Time
+		at    time.Time
+		want  bool
+	}{
+		{"fresh", n(1), now, now, true},
+		{"replayed", n(1), now, now, false},
+		{"host clock behind", n(2), now.Add(-ClockWindow - time.Second), now, false},
+		{"host clock ahead", n(3), now.Add(ClockWindow + time.Second), now, false},
+		{"second fresh", n(4), now, now, true},
+		{"guard full", n(5), now, now, false},
+		{"full but expired entries purged", n(6), now.Add(3 * ClockWindow), now.Add(3 * ClockWindow), true},
+		{"short nonce", []byte{1}, now, now, false},
+	}
+	for _, tc := range tests {
+		if got := g.Fresh(tc.nonce, tc.host.UnixNano(), tc.at); got != tc.want {
+			t.Errorf("%s: got %v", tc.name, got)
+		}
 	}
 }
 

@@ -3,12 +3,14 @@
 package server
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
 	"io"
 	"log/slog"
 	"net"
+	"sync"
 	"time"
 
 	"github.com/mvm-dev/mvm/internal/agent/proto"
@@ -31,60 +33,89 @@ type Server struct {
 	Guest   Guest
 	// HandshakeTimeout bounds how long an unauthenticated peer may hold a connection.
 	HandshakeTimeout time.Duration
+
+	guardOnce sync.Once
+	guard     *proto.ReplayGuard
 }
 
-// Capabilities this agent offers, reported in Hello.
-var capabilities = []string{"exec", "exec.stdin", "exec.timeout", "settime", "poweroff", "info"}
+// Capabilities this agent offers, reported in AuthOK.
+var capabilities = []string{"exec", "exec.stdin", "exec.timeout", "exec.signal", "settime", "poweroff", "info"}
 
 // Serve handles one connection to the end.
 func (s *Server) Serve(ctx context.Context, c net.Conn) {
 	defer c.Close()
 	pc := proto.NewConn(c)
-	if err := s.handshake(c, pc); err != nil {
-		s.Log.Warn("agent connection refused", "err", err)
-		return
-	}
-	var req proto.Request
-	if err := pc.Expect(proto.TRequest, &req); err != nil {
+	req, err := s.handshake(c, pc)
+	if err != nil {
 		if !errors.Is(err, io.EOF) {
-			s.Log.Warn("agent request", "err", err)
-			_ = pc.WriteJSON(proto.TError, proto.Error{Code: proto.ErrCodeProtocol, Message: err.Error()})
+			s.Log.Warn("agent connection refused", "err", err)
 		}
 		return
 	}
 	s.dispatch(ctx, pc, &req)
 }
 
-func (s *Server) handshake(c net.Conn, pc *proto.Conn) error {
+// handshake authenticates the host (see proto/auth.go) and returns its request.
+func (s *Server) handshake(c net.Conn, pc *proto.Conn) (proto.Request, error) {
+	s.guardOnce.Do(func() { s.guard = proto.NewReplayGuard(4096) })
 	timeout := s.HandshakeTimeout
 	if timeout == 0 {
 		timeout = 30 * time.Second
 	}
 	_ = c.SetDeadline(time.Now().Add(timeout))
 	defer c.SetDeadline(time.Time{})
-	nonce, err := proto.NewNonce()
-	if err != nil {
-		return err
-	}
-	if err := pc.WriteJSON(proto.THello, proto.Hello{Proto: proto.Version, AgentVersion: s.Version,
-		Capabilities: capabilities, Nonce: nonce}); err != nil {
-		return fmt.Errorf("send hello: %w", err)
+	refuse := func(code, msg string, err error) (proto.Request, error) {
+		_ = pc.WriteJSON(proto.TError, proto.Error{Code: code, Message: msg})
+		return proto.Request{}, err
 	}
 	var a proto.Auth
 	if err := pc.Expect(proto.TAuth, &a); err != nil {
-		return fmt.Errorf("read auth: %w", err)
+		if errors.Is(err, io.EOF) {
+			return proto.Request{}, err
+		}
+		return refuse(proto.ErrCodeProtocol, "expected auth", fmt.Errorf("read auth: %w", err))
 	}
 	if a.Proto != proto.Version {
-		_ = pc.WriteJSON(proto.TError, proto.Error{Code: proto.ErrCodeProtocol,
-			Message: fmt.Sprintf("protocol version %d not supported (agent speaks %d)", a.Proto, proto.Version)})
-		return fmt.Errorf("host protocol %d", a.Proto)
+		return refuse(proto.ErrCodeProtocol, fmt.Sprintf("protocol version %d not supported (agent speaks %d)", a.Proto, proto.Version),
+			fmt.Errorf("host protocol %d", a.Proto))
 	}
-	if err := proto.CheckNonce(a.Nonce); err != nil || len(s.Token) == 0 ||
-		!proto.VerifyMAC(a.MAC, proto.HostMAC(s.Token, nonce, a.Nonce)) {
-		_ = pc.WriteJSON(proto.TError, proto.Error{Code: proto.ErrCodeAuth, Message: "authentication failed"})
-		return proto.ErrAuth
+	rf, err := pc.Read()
+	if err != nil {
+		return proto.Request{}, fmt.Errorf("read request: %w", err)
 	}
-	return pc.WriteJSON(proto.TAuthOK, proto.AuthOK{MAC: proto.AgentMAC(s.Token, nonce, a.Nonce)})
+	if rf.Type != proto.TRequest {
+		return refuse(proto.ErrCodeProtocol, "expected a request after auth", fmt.Errorf("got %s after auth", rf.Type))
+	}
+	if proto.CheckNonce(a.Nonce) != nil || len(s.Token) == 0 ||
+		!proto.VerifyMAC(a.MAC, proto.HostMAC(s.Token, a.Nonce, a.TimeNs, nil, rf.Payload)) {
+		return refuse(proto.ErrCodeAuth, "authentication failed", proto.ErrAuth)
+	}
+	var challenge []byte
+	if !s.guard.Fresh(a.Nonce, a.TimeNs, time.Now()) {
+		if challenge, err = proto.NewNonce(); err != nil {
+			return proto.Request{}, err
+		}
+		if err := pc.WriteJSON(proto.TChallenge, proto.Challenge{Nonce: challenge, TimeNs: time.Now().UnixNano()}); err != nil {
+			return proto.Request{}, err
+		}
+		var a2 proto.Auth
+		if err := pc.Expect(proto.TAuth, &a2); err != nil {
+			return proto.Request{}, fmt.Errorf("read challenge answer: %w", err)
+		}
+		if !bytes.Equal(a2.Challenge, challenge) || !bytes.Equal(a2.Nonce, a.Nonce) ||
+			!proto.VerifyMAC(a2.MAC, proto.HostMAC(s.Token, a.Nonce, a2.TimeNs, challenge, rf.Payload)) {
+			return refuse(proto.ErrCodeAuth, "authentication failed", proto.ErrAuth)
+		}
+	}
+	if err := pc.WriteJSON(proto.TAuthOK, proto.AuthOK{Proto: proto.Version, AgentVersion: s.Version,
+		Capabilities: capabilities, MAC: proto.AgentMAC(s.Token, a.Nonce, challenge)}); err != nil {
+		return proto.Request{}, err
+	}
+	var req proto.Request
+	if err := proto.Decode(rf, proto.TRequest, &req); err != nil {
+		return refuse(proto.ErrCodeBadReq, err.Error(), err)
+	}
+	return req, nil
 }
 
 func (s *Server) dispatch(ctx context.Context, pc *proto.Conn, req *proto.Request) {
