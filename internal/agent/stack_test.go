@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"net"
@@ -262,3 +263,111 @@ func TestExecConcurrentAndLarge(t *testing.T) {
 type countWriter struct{ n int }
 
 func (w *countWriter) Write(p []byte) (int, error) { w.n += len(p); return len(p), nil }
+
+func TestExecTTYAndResize(t *testing.T) {
+	if _, err := os.Stat("/dev/ptmx"); err != nil {
+		t.Skip("no /dev/ptmx on this host")
+	}
+	sock, _ := stack(t, goodToken)
+	cl := client.NewHybrid(sock, goodToken)
+	var out bytes.Buffer
+	resize := make(chan proto.Resize, 1)
+	stdinR, stdinW := io.Pipe()
+	go func() {
+		// Ask for the size, resize, ask again, then quit: every step goes through the terminal.
+		io.WriteString(stdinW, "stty size; test -t 0 && echo is-a-tty\n")
+		time.Sleep(300 * time.Millisecond)
+		resize <- proto.Resize{Rows: 50, Cols: 132}
+		time.Sleep(300 * time.Millisecond)
+		io.WriteString(stdinW, "stty size; exit 5\n")
+	}()
+	ex, err := cl.Exec(context.Background(), client.ExecOptions{Argv: []string{"sh"}, TTY: true, Rows: 24, Cols: 80,
+		Stdin: stdinR, Stdout: &out, Resize: resize})
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := out.String()
+	if ex.Code != 5 || !strings.Contains(got, "24 80") || !strings.Contains(got, "is-a-tty") || !strings.Contains(got, "50 132") {
+		t.Fatalf("exit %d, output %q", ex.Code, got)
+	}
+}
+
+func TestExecSignalForwarded(t *testing.T) {
+	sock, _ := stack(t, goodToken)
+	cl := client.NewHybrid(sock, goodToken)
+	sigs := make(chan int, 1)
+	go func() { time.Sleep(300 * time.Millisecond); sigs <- 15 }()
+	ex, err := cl.Exec(context.Background(), client.ExecOptions{Argv: []string{"sleep", "20"}, Signals: sigs})
+	if err != nil || ex.Code != 128+15 {
+		t.Fatalf("%+v %v", ex, err)
+	}
+}
+
+func TestExecAsUser(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root to change user")
+	}
+	sock, _ := stack(t, goodToken)
+	cl := client.NewHybrid(sock, goodToken)
+	var out bytes.Buffer
+	ex, err := cl.Exec(context.Background(), client.ExecOptions{Argv: []string{"sh", "-c", "id -u; echo $HOME"}, User: "nobody", Stdout: &out})
+	if err != nil || ex.Code != 0 || !strings.HasPrefix(out.String(), "65534\n") {
+		t.Fatalf("%+v %v %q", ex, err, out.String())
+	}
+	if _, err := cl.Exec(context.Background(), client.ExecOptions{Argv: []string{"true"}, User: "no-such-user-x"}); err == nil {
+		t.Fatal("unknown user accepted")
+	}
+}
+
+func TestConnectForwards(t *testing.T) {
+	sock, _ := stack(t, goodToken)
+	cl := client.NewHybrid(sock, goodToken)
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { l.Close() })
+	go func() {
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				b, _ := io.ReadAll(c) // until the client half-closes
+				c.Write(append([]byte("echo:"), b...))
+				c.Close()
+			}()
+		}
+	}()
+	port := l.Addr().(*net.TCPAddr).Port
+	t.Run("closed port", func(t *testing.T) {
+		if _, err := cl.Connect(context.Background(), "", 1); err == nil || !strings.Contains(err.Error(), "guest port 1") {
+			t.Fatalf("closed port: %v", err)
+		}
+	})
+	for i := 0; i < 5; i++ { // several at once
+		t.Run(fmt.Sprint(i), func(t *testing.T) {
+			t.Parallel()
+			c, err := cl.Connect(context.Background(), "", port)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer c.Close()
+			c.Write([]byte("hello"))
+			c.(interface{ CloseWrite() error }).CloseWrite()
+			b, err := io.ReadAll(c)
+			if err != nil || string(b) != "echo:hello" {
+				t.Fatalf("%q %v", b, err)
+			}
+		})
+	}
+}
+
+func TestInfo(t *testing.T) {
+	sock, _ := stack(t, goodToken)
+	info, err := client.NewHybrid(sock, goodToken).Info(context.Background())
+	if err != nil || len(info.Mounts) == 0 || info.MemTotalKiB == 0 || len(info.Load) != 3 || info.Processes == 0 {
+		t.Fatalf("%+v %v", info, err)
+	}
+}

@@ -216,3 +216,35 @@ func (cl *Client) Poweroff(ctx context.Context) error {
 	_, err := cl.simple(ctx, proto.Request{Op: proto.OpPoweroff})
 	return err
 }
+
+// Info returns what the agent reports about the guest (inspect).
+func (cl *Client) Info(ctx context.Context) (proto.AgentInfo, error) {
+	resp, err := cl.simple(ctx, proto.Request{Op: proto.OpInfo})
+	if err != nil {
+		return proto.AgentInfo{}, err
+	}
+	if resp.Info == nil {
+		return proto.AgentInfo{}, errors.New("agent: info answer without info")
+	}
+	return *resp.Info, nil
+}
+
+// Connect opens a TCP connection from the guest to host:port (host "" is the guest's
+// loopback) and returns it as a stream: the host end of a port forward.
+func (cl *Client) Connect(ctx context.Context, host string, port int) (net.Conn, error) {
+	s, err := cl.open(ctx, proto.Request{Op: proto.OpConnect, Connect: &proto.Connect{Host: host, Port: port}})
+	if err != nil {
+		return nil, err
+	}
+	var resp proto.Response
+	if err := s.pc.Expect(proto.TResponse, &resp); err != nil {
+		s.Close()
+		return nil, cl.ctxErr(ctx, err)
+	}
+	if !resp.OK {
+		s.Close()
+		return nil, fmt.Errorf("guest port %d: %s", port, strings.TrimPrefix(resp.Error, "connect: "))
+	}
+	s.stop() // from here the connection outlives ctx
+	return s.pc.Raw(s.c), nil
+}

@@ -15,10 +15,17 @@ type ExecOptions struct {
 	Argv    []string
 	Env     []string
 	Cwd     string
+	User    string
 	Timeout time.Duration
-	Stdin   io.Reader // nil: the process gets /dev/null
+	Stdin   io.Reader // nil: the process gets /dev/null (or, with TTY, a terminal nobody types on)
 	Stdout  io.Writer
-	Stderr  io.Writer
+	Stderr  io.Writer // unused with TTY: a terminal has one output
+	// TTY runs the command on a pseudo-terminal of Rows x Cols; Resize delivers later sizes.
+	TTY        bool
+	Rows, Cols uint16
+	Resize     <-chan proto.Resize
+	// Signals are forwarded to the command's process group.
+	Signals <-chan int
 }
 
 // StartError means the command could not be started in the guest; Code is the exit
@@ -33,7 +40,8 @@ func (e *StartError) Error() string { return e.Message }
 // Exec runs a command to completion, streaming its output as it comes.
 func (cl *Client) Exec(ctx context.Context, o ExecOptions) (proto.Exit, error) {
 	req := proto.Request{Op: proto.OpExec, Exec: &proto.ExecRequest{
-		Argv: o.Argv, Env: o.Env, Cwd: o.Cwd, TimeoutMs: o.Timeout.Milliseconds(), Stdin: o.Stdin != nil,
+		Argv: o.Argv, Env: o.Env, Cwd: o.Cwd, User: o.User, TimeoutMs: o.Timeout.Milliseconds(), Stdin: o.Stdin != nil,
+		TTY: o.TTY, Rows: o.Rows, Cols: o.Cols,
 	}}
 	s, err := cl.open(ctx, req)
 	if err != nil {
@@ -63,6 +71,30 @@ func (cl *Client) Exec(ctx context.Context, o ExecOptions) (proto.Exit, error) {
 				}
 				if err != nil {
 					_ = s.pc.WriteEmpty(proto.TStdinEOF)
+					return
+				}
+			}
+		}()
+	}
+	done := make(chan struct{})
+	defer close(done)
+	if o.Resize != nil || o.Signals != nil {
+		go func() {
+			for {
+				select {
+				case rs, ok := <-o.Resize:
+					if !ok {
+						o.Resize = nil
+						continue
+					}
+					_ = s.pc.WriteJSON(proto.TResize, rs)
+				case sig, ok := <-o.Signals:
+					if !ok {
+						o.Signals = nil
+						continue
+					}
+					_ = s.pc.WriteJSON(proto.TSignal, proto.Signal{Signal: sig})
+				case <-done:
 					return
 				}
 			}

@@ -3,6 +3,7 @@ package proto
 import (
 	"errors"
 	"fmt"
+	"strings"
 )
 
 // Auth opens every connection, sent by the host together with its Request. MAC
@@ -39,6 +40,9 @@ const (
 	OpSetTime  = "settime"
 	OpPoweroff = "poweroff"
 	OpInfo     = "info"
+	OpConnect  = "connect"  // the stream becomes a TCP connection to a guest port
+	OpCopyIn   = "copy_in"  // the host sends a tar stream to unpack in the guest
+	OpCopyOut  = "copy_out" // the agent sends a tar stream of a guest path
 )
 
 // Request asks the agent to do one thing. One request per connection.
@@ -46,6 +50,74 @@ type Request struct {
 	Op      string       `json:"op"`
 	Exec    *ExecRequest `json:"exec,omitempty"`
 	SetTime *SetTime     `json:"settime,omitempty"`
+	Connect *Connect     `json:"connect,omitempty"`
+	Copy    *Copy        `json:"copy,omitempty"`
+}
+
+// Connect asks for a TCP connection from the guest to Host:Port (Host defaults to
+// 127.0.0.1, the guest's own loopback). After an OK Response the stream carries the
+// connection's bytes unframed, half-closes included.
+type Connect struct {
+	Host string `json:"host,omitempty"`
+	Port int    `json:"port"`
+}
+
+// Validate checks a connect request.
+func (c *Connect) Validate() error {
+	if c.Port < 1 || c.Port > 65535 {
+		return fmt.Errorf("connect: port %d out of range", c.Port)
+	}
+	if len(c.Host) > 255 || strings.ContainsAny(c.Host, " /\x00") {
+		return errors.New("connect: bad host")
+	}
+	return nil
+}
+
+// Copy describes a `cp` in either direction. For copy_out Path is the guest source;
+// for copy_in it is the guest destination and Source describes what the host sends.
+type Copy struct {
+	Path   string      `json:"path"`
+	Source *CopySource `json:"source,omitempty"`
+}
+
+// CopySource describes the sent side of a copy, as docker cp resolves it.
+type CopySource struct {
+	Base         string `json:"base"`
+	IsDir        bool   `json:"is_dir"`
+	ContentsOnly bool   `json:"contents_only,omitempty"`
+}
+
+// Validate checks a copy request.
+func (c *Copy) Validate(op string) error {
+	if c.Path == "" || len(c.Path) > 4096 || strings.IndexByte(c.Path, 0) >= 0 {
+		return errors.New("copy: bad path")
+	}
+	if op == OpCopyIn {
+		if c.Source == nil || c.Source.Base == "" || strings.ContainsAny(c.Source.Base, "/\x00") || c.Source.Base == ".." {
+			return errors.New("copy: bad source description")
+		}
+	}
+	return nil
+}
+
+// Done ends a copied stream: the sender's byte count and SHA-256 of the tar stream.
+type Done struct {
+	Bytes  int64  `json:"bytes"`
+	SHA256 []byte `json:"sha256"`
+	Error  string `json:"error,omitempty"` // the sender failed part way
+}
+
+// CopyResult answers a copy_in once everything is written.
+type CopyResult struct {
+	Bytes   int64    `json:"bytes"`
+	Entries int      `json:"entries"`
+	Skipped []string `json:"skipped,omitempty"`
+}
+
+// Resize changes an exec TTY's window size.
+type Resize struct {
+	Rows uint16 `json:"rows"`
+	Cols uint16 `json:"cols"`
 }
 
 // ExecRequest starts a process in the guest.
@@ -53,8 +125,12 @@ type ExecRequest struct {
 	Argv      []string `json:"argv"`
 	Env       []string `json:"env,omitempty"` // KEY=VALUE, added to the agent's default environment
 	Cwd       string   `json:"cwd,omitempty"`
+	User      string   `json:"user,omitempty"` // name, uid, name:group or uid:gid
 	TimeoutMs int64    `json:"timeout_ms,omitempty"`
 	Stdin     bool     `json:"stdin,omitempty"` // the host will send TStdin frames and a TStdinEOF
+	TTY       bool     `json:"tty,omitempty"`   // run on a pseudo-terminal: one output stream, raw input
+	Rows      uint16   `json:"rows,omitempty"`
+	Cols      uint16   `json:"cols,omitempty"`
 }
 
 // Limits on an exec request, checked by the agent.
@@ -90,6 +166,9 @@ func (e *ExecRequest) Validate() error {
 	if e.TimeoutMs < 0 {
 		return errors.New("exec: negative timeout")
 	}
+	if len(e.User) > 256 || strings.IndexByte(e.User, 0) >= 0 || strings.Count(e.User, ":") > 1 {
+		return errors.New("exec: bad user")
+	}
 	return nil
 }
 
@@ -117,13 +196,30 @@ type Response struct {
 	Info  *AgentInfo `json:"info,omitempty"`
 }
 
-// AgentInfo describes the running agent and guest.
+// AgentInfo describes the running agent and guest. Ping fills the first fields;
+// info fills them all.
 type AgentInfo struct {
 	AgentVersion string  `json:"agent_version"`
 	Hostname     string  `json:"hostname"`
 	Kernel       string  `json:"kernel"`
 	UptimeSec    float64 `json:"uptime_sec"`
 	BootMillis   int64   `json:"boot_ms"` // guest uptime when the agent started serving
+
+	Addresses    []string  `json:"addresses,omitempty"` // CIDRs on the guest's interfaces, lo excluded
+	Mounts       []Mount   `json:"mounts,omitempty"`
+	Load         []float64 `json:"load,omitempty"` // 1, 5 and 15 minute load averages
+	MemTotalKiB  int64     `json:"mem_total_kib,omitempty"`
+	MemAvailKiB  int64     `json:"mem_available_kib,omitempty"`
+	Processes    int       `json:"processes,omitempty"`
+	Capabilities []string  `json:"capabilities,omitempty"`
+}
+
+// Mount is one line of the guest's /proc/mounts.
+type Mount struct {
+	Source  string `json:"source"`
+	Target  string `json:"target"`
+	FSType  string `json:"fstype"`
+	Options string `json:"options"`
 }
 
 // Exit reports how an exec'd process ended.

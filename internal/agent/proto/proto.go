@@ -19,6 +19,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"sync"
 )
 
@@ -53,21 +54,26 @@ const (
 	TExit      Type = 10 // agent -> host: Exit
 	TSignal    Type = 11 // host -> agent: Signal
 	TError     Type = 12 // either way: Error, then the connection closes
+	TResize    Type = 13 // host -> agent: Resize (exec with a TTY)
+	TDone      Type = 14 // either way: Done, the end of a copied stream with its digest
 )
 
 func (t Type) String() string {
 	names := [...]string{"", "challenge", "auth", "auth-ok", "request", "response", "stdin", "stdin-eof",
-		"stdout", "stderr", "exit", "signal", "error"}
+		"stdout", "stderr", "exit", "signal", "error", "resize", "done"}
 	if int(t) < len(names) && t != 0 {
 		return names[t]
 	}
 	return fmt.Sprintf("type(%d)", uint8(t))
 }
 
+// Data frames are named for exec; cp reuses them: TStdin carries what the host sends,
+// TStdout what the agent sends.
+
 // IsData reports whether a frame type carries raw bytes rather than JSON.
 func (t Type) IsData() bool { return t == TStdin || t == TStdout || t == TStderr }
 
-func (t Type) known() bool { return t >= TChallenge && t <= TError }
+func (t Type) known() bool { return t >= TChallenge && t <= TDone }
 
 // MaxPayload is the size limit for a frame type.
 func (t Type) MaxPayload() int {
@@ -134,6 +140,30 @@ func NewConn(rw io.ReadWriter) *Conn {
 
 // Read reads the next frame.
 func (c *Conn) Read() (Frame, error) { return ReadFrame(c.r) }
+
+// Raw returns the stream for use without frames (a forwarded connection after its
+// request was answered): reads first drain what the frame reader had buffered.
+func (c *Conn) Raw(conn net.Conn) net.Conn {
+	if c.r.Buffered() == 0 {
+		return conn
+	}
+	return &bufferedConn{Conn: conn, r: io.MultiReader(io.LimitReader(c.r, int64(c.r.Buffered())), conn)}
+}
+
+type bufferedConn struct {
+	net.Conn
+	r io.Reader
+}
+
+func (b *bufferedConn) Read(p []byte) (int, error) { return b.r.Read(p) }
+
+// CloseWrite half-closes when the underlying connection can.
+func (b *bufferedConn) CloseWrite() error {
+	if cw, ok := b.Conn.(interface{ CloseWrite() error }); ok {
+		return cw.CloseWrite()
+	}
+	return b.Conn.Close()
+}
 
 // WriteData writes a data frame, splitting payloads over the limit.
 func (c *Conn) WriteData(t Type, p []byte) error {

@@ -111,11 +111,114 @@ func startErrorCode(err error) int {
 	}
 }
 
+// execIO is the plumbing of one process: what the child gets, what we read and write.
+type execIO struct {
+	child   [3]*os.File // the child's stdin, stdout, stderr; closed here once it started
+	outputs []output    // read ends forwarded to the host
+	stdin   *os.File    // write end of the child's input, nil without -i
+	pty     *os.File    // the terminal's master side, for resizes
+}
+
+type output struct {
+	f *os.File
+	t proto.Type
+}
+
+func (x *execIO) closeChild() {
+	for _, f := range x.child {
+		if f != nil {
+			f.Close()
+		}
+	}
+}
+
+func (x *execIO) closeAll() {
+	x.closeChild()
+	for _, o := range x.outputs {
+		o.f.Close()
+	}
+	if x.stdin != nil && x.stdin != x.pty {
+		x.stdin.Close()
+	}
+}
+
+// newPipes gives the child /dev/null or a pipe as stdin and pipes as stdout/stderr.
+func newPipes(withStdin bool) (*execIO, error) {
+	x := &execIO{}
+	if withStdin {
+		r, w, err := os.Pipe()
+		if err != nil {
+			return nil, err
+		}
+		x.child[0], x.stdin = r, w
+	} else {
+		null, err := os.Open(os.DevNull)
+		if err != nil {
+			return nil, err
+		}
+		x.child[0] = null
+	}
+	for i, t := range []proto.Type{proto.TStdout, proto.TStderr} {
+		r, w, err := os.Pipe()
+		if err != nil {
+			x.closeAll()
+			return nil, err
+		}
+		x.child[i+1] = w
+		x.outputs = append(x.outputs, output{r, t})
+	}
+	return x, nil
+}
+
+// newPTY gives the child a pseudo-terminal for stdin, stdout and stderr.
+func newPTY(rows, cols uint16) (*execIO, error) {
+	master, err := os.OpenFile("/dev/ptmx", os.O_RDWR|unix.O_NOCTTY, 0)
+	if err != nil {
+		return nil, fmt.Errorf("open /dev/ptmx: %w", err)
+	}
+	fd := int(master.Fd())
+	if err := unix.IoctlSetPointerInt(fd, unix.TIOCSPTLCK, 0); err != nil {
+		master.Close()
+		return nil, fmt.Errorf("unlock pty: %w", err)
+	}
+	n, err := unix.IoctlGetInt(fd, unix.TIOCGPTN)
+	if err != nil {
+		master.Close()
+		return nil, fmt.Errorf("pty number: %w", err)
+	}
+	slave, err := os.OpenFile(fmt.Sprintf("/dev/pts/%d", n), os.O_RDWR|unix.O_NOCTTY, 0)
+	if err != nil {
+		master.Close()
+		return nil, fmt.Errorf("open pty: %w", err)
+	}
+	if rows > 0 && cols > 0 {
+		_ = unix.IoctlSetWinsize(fd, unix.TIOCSWINSZ, &unix.Winsize{Row: rows, Col: cols})
+	}
+	return &execIO{child: [3]*os.File{slave, nil, nil}, outputs: []output{{master, proto.TStdout}}, stdin: master, pty: master}, nil
+}
+
 func (s *Server) exec(ctx context.Context, pc *proto.Conn, req *proto.ExecRequest) {
+	fail := func(code int, msg string) {
+		_ = pc.WriteJSON(proto.TResponse, proto.Response{Error: msg, Code: code})
+	}
 	env := MergeEnv(defaultEnv(), req.Env)
+	var cred *syscall.Credential
+	if req.User != "" {
+		acc, err := lookupUser(req.User, "/etc/passwd", "/etc/group")
+		if err != nil {
+			fail(CodeCannotRun, err.Error())
+			return
+		}
+		cred = acc.credential()
+		base := []string{"HOME=" + acc.home}
+		if acc.name != "" {
+			base = append(base, "USER="+acc.name, "LOGNAME="+acc.name)
+		}
+		env = MergeEnv(MergeEnv(defaultEnv(), base), req.Env)
+	}
 	path, code, err := LookPath(req.Argv[0], env)
 	if err != nil {
-		_ = pc.WriteJSON(proto.TResponse, proto.Response{Error: err.Error(), Code: code})
+		fail(code, err.Error())
 		return
 	}
 	cwd := req.Cwd
@@ -123,56 +226,30 @@ func (s *Server) exec(ctx context.Context, pc *proto.Conn, req *proto.ExecReques
 		cwd = "/"
 	}
 	if st, err := os.Stat(cwd); err != nil || !st.IsDir() {
-		_ = pc.WriteJSON(proto.TResponse, proto.Response{Error: fmt.Sprintf("working directory %q does not exist", cwd), Code: CodeCannotRun})
+		fail(CodeCannotRun, fmt.Sprintf("working directory %q does not exist", cwd))
 		return
 	}
-
-	var files [3]*os.File
-	var parentEnds []*os.File
-	closeAll := func(fs []*os.File) {
-		for _, f := range fs {
-			if f != nil {
-				f.Close()
-			}
-		}
-	}
-	var stdinW *os.File
-	if req.Stdin {
-		r, w, err := os.Pipe()
-		if err != nil {
-			_ = pc.WriteJSON(proto.TResponse, proto.Response{Error: err.Error(), Code: CodeCannotRun})
-			return
-		}
-		files[0], stdinW = r, w
+	var x *execIO
+	if req.TTY {
+		x, err = newPTY(req.Rows, req.Cols)
 	} else {
-		null, err := os.Open(os.DevNull)
-		if err != nil {
-			_ = pc.WriteJSON(proto.TResponse, proto.Response{Error: err.Error(), Code: CodeCannotRun})
-			return
-		}
-		files[0] = null
+		x, err = newPipes(req.Stdin)
 	}
-	outR, outW, err1 := os.Pipe()
-	errR, errW, err2 := os.Pipe()
-	if err := errors.Join(err1, err2); err != nil {
-		closeAll([]*os.File{files[0], stdinW, outR, outW, errR, errW})
-		_ = pc.WriteJSON(proto.TResponse, proto.Response{Error: err.Error(), Code: CodeCannotRun})
+	if err != nil {
+		fail(CodeCannotRun, err.Error())
 		return
 	}
-	files[1], files[2] = outW, errW
-	parentEnds = []*os.File{outR, errR}
-
-	proc, waitCh, err := s.Reaper.Start(path, req.Argv, &os.ProcAttr{
-		Dir: cwd, Env: env, Files: files[:],
-		Sys: &syscall.SysProcAttr{Setsid: true},
-	})
-	closeAll(files[:]) // the child has its copies
+	attr := &syscall.SysProcAttr{Setsid: true, Credential: cred}
+	files := x.child[:]
+	if req.TTY {
+		attr.Setctty, attr.Ctty = true, 0
+		files = []*os.File{x.child[0], x.child[0], x.child[0]}
+	}
+	proc, waitCh, err := s.Reaper.Start(path, req.Argv, &os.ProcAttr{Dir: cwd, Env: env, Files: files, Sys: attr})
+	x.closeChild() // the child has its copies
 	if err != nil {
-		closeAll(parentEnds)
-		if stdinW != nil {
-			stdinW.Close()
-		}
-		_ = pc.WriteJSON(proto.TResponse, proto.Response{Error: err.Error(), Code: startErrorCode(err)})
+		x.closeAll()
+		fail(startErrorCode(err), err.Error())
 		return
 	}
 	defer proc.Release()
@@ -182,27 +259,28 @@ func (s *Server) exec(ctx context.Context, pc *proto.Conn, req *proto.ExecReques
 	}
 
 	var pumps sync.WaitGroup
-	pump := func(r *os.File, t proto.Type) {
-		defer pumps.Done()
-		buf := make([]byte, 64<<10)
-		hostOK := true
-		for {
-			n, err := r.Read(buf)
-			if n > 0 && hostOK {
-				// After the host is gone keep draining, so the process never blocks on a full pipe.
-				hostOK = pc.WriteData(t, buf[:n]) == nil
+	for _, o := range x.outputs {
+		pumps.Add(1)
+		go func() {
+			defer pumps.Done()
+			buf := pumpBuffers.Get().(*[]byte)
+			defer pumpBuffers.Put(buf)
+			hostOK := true
+			for {
+				n, err := o.f.Read(*buf)
+				if n > 0 && hostOK {
+					// After the host is gone keep draining, so the process never blocks on a full pipe.
+					hostOK = pc.WriteData(o.t, (*buf)[:n]) == nil
+				}
+				if err != nil {
+					return // EOF, or EIO from a terminal whose last user closed it
+				}
 			}
-			if err != nil {
-				return
-			}
-		}
+		}()
 	}
-	pumps.Add(2)
-	go pump(outR, proto.TStdout)
-	go pump(errR, proto.TStderr)
 
 	hostGone := make(chan struct{})
-	go s.readHostFrames(pc, pid, stdinW, hostGone)
+	go s.readHostFrames(pc, pid, x, hostGone)
 
 	var timeout <-chan time.Time
 	if req.TimeoutMs > 0 {
@@ -240,7 +318,7 @@ wait:
 	case <-drained:
 	case <-time.After(drainGrace):
 	}
-	closeAll(parentEnds)
+	x.closeAll()
 	<-drained
 
 	exit := proto.Exit{TimedOut: timedOut}
@@ -257,10 +335,24 @@ wait:
 	_ = pc.WriteJSON(proto.TExit, exit)
 }
 
-// readHostFrames forwards stdin and signals until the host stops sending.
-func (s *Server) readHostFrames(pc *proto.Conn, pid int, stdin *os.File, hostGone chan<- struct{}) {
+// pumpBuffers are reused across execs: under emulation every allocation the garbage
+// collector has to chase is paid for on the guest's only vCPU.
+var pumpBuffers = sync.Pool{New: func() any { b := make([]byte, 32<<10); return &b }}
+
+// readHostFrames forwards stdin, signals and resizes until the host stops sending.
+func (s *Server) readHostFrames(pc *proto.Conn, pid int, x *execIO, hostGone chan<- struct{}) {
+	stdin := x.stdin
+	closeStdin := func() {
+		// A terminal's master is also the output: end input with the terminal's EOF key instead.
+		if stdin == x.pty && stdin != nil {
+			_, _ = stdin.Write([]byte{4})
+		} else if stdin != nil {
+			stdin.Close()
+		}
+		stdin = nil
+	}
 	defer func() {
-		if stdin != nil {
+		if stdin != nil && stdin != x.pty {
 			stdin.Close()
 		}
 	}()
@@ -276,19 +368,20 @@ func (s *Server) readHostFrames(pc *proto.Conn, pid int, stdin *os.File, hostGon
 		case proto.TStdin:
 			if stdin != nil {
 				if _, err := stdin.Write(f.Payload); err != nil {
-					stdin.Close()
-					stdin = nil
+					closeStdin()
 				}
 			}
 		case proto.TStdinEOF:
-			if stdin != nil {
-				stdin.Close()
-				stdin = nil
-			}
+			closeStdin()
 		case proto.TSignal:
 			var sig proto.Signal
 			if proto.Decode(f, proto.TSignal, &sig) == nil && sig.Signal > 0 && sig.Signal < 65 {
 				_ = unix.Kill(-pid, unix.Signal(sig.Signal))
+			}
+		case proto.TResize:
+			var rs proto.Resize
+			if x.pty != nil && proto.Decode(f, proto.TResize, &rs) == nil && rs.Rows > 0 && rs.Cols > 0 {
+				_ = unix.IoctlSetWinsize(int(x.pty.Fd()), unix.TIOCSWINSZ, &unix.Winsize{Row: rs.Rows, Col: rs.Cols})
 			}
 		default:
 			close(hostGone)

@@ -39,7 +39,8 @@ type Server struct {
 }
 
 // Capabilities this agent offers, reported in AuthOK.
-var capabilities = []string{"exec", "exec.stdin", "exec.timeout", "exec.signal", "settime", "poweroff", "info"}
+var capabilities = []string{"exec", "exec.stdin", "exec.timeout", "exec.signal", "exec.tty", "exec.user",
+	"connect", "copy", "settime", "poweroff", "info"}
 
 // Serve handles one connection to the end.
 func (s *Server) Serve(ctx context.Context, c net.Conn) {
@@ -52,7 +53,7 @@ func (s *Server) Serve(ctx context.Context, c net.Conn) {
 		}
 		return
 	}
-	s.dispatch(ctx, pc, &req)
+	s.dispatch(ctx, c, pc, &req)
 }
 
 // handshake authenticates the host (see proto/auth.go) and returns its request.
@@ -118,14 +119,22 @@ func (s *Server) handshake(c net.Conn, pc *proto.Conn) (proto.Request, error) {
 	return req, nil
 }
 
-func (s *Server) dispatch(ctx context.Context, pc *proto.Conn, req *proto.Request) {
+func (s *Server) dispatch(ctx context.Context, c net.Conn, pc *proto.Conn, req *proto.Request) {
 	switch req.Op {
 	case proto.OpPing:
 		info := s.Guest.Info()
 		_ = pc.WriteJSON(proto.TResponse, proto.Response{OK: true, Info: &info})
 	case proto.OpInfo:
 		info := s.Guest.Info()
+		details(&info)
+		info.Capabilities = capabilities
 		_ = pc.WriteJSON(proto.TResponse, proto.Response{OK: true, Info: &info})
+	case proto.OpConnect:
+		if req.Connect == nil || req.Connect.Validate() != nil {
+			s.badRequest(pc, "connect: missing or bad port")
+			return
+		}
+		s.connect(ctx, c, pc, req.Connect)
 	case proto.OpSetTime:
 		if req.SetTime == nil {
 			s.badRequest(pc, "settime: missing time")
