@@ -136,7 +136,8 @@ Start with:
 	root.PersistentFlags().BoolVar(&a.debug, "debug", false, "log debug details to stderr")
 	root.AddCommand(
 		newBootstrapCmd(a), newUpCmd(a), newExecCmd(a), newLsCmd(a), newLogsCmd(a), newConsoleCmd(a),
-		newDownCmd(a), newImageCmd(a), newDoctorCmd(a), newVersionCmd(a), newBenchCmd(a), newSuperviseCmd(a),
+		newDownCmd(a), newForwardCmd(a), newInspectCmd(a), newImageCmd(a), newDoctorCmd(a), newVersionCmd(a),
+		newBenchCmd(a), newSuperviseCmd(a),
 	)
 	return root
 }

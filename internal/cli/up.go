@@ -25,15 +25,20 @@ func newUpCmd(a *app) *cobra.Command {
 		dataDisk    string
 		detach      bool
 		bootTimeout time.Duration
+		publish     []string
 	)
 	c := &cobra.Command{
 		Use:   "up [flags]",
 		Short: "Boot a microVM (foreground: console on the terminal, Ctrl-C stops it; -d: in the background)",
 		Example: `  mvmctl up -d --name web
   mvmctl up -d --cpus 2 --memory 1G --data-disk 512M
+  mvmctl up -d -p 8080:80 --name web   # guest port 80 on 127.0.0.1:8080
   mvmctl up --name t1          # console on the terminal; Ctrl-C stops the VM`,
 		Args: cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error {
+		RunE: func(cmd *cobra.Command, _ []string) (err error) {
+			if spec.Ports, err = vm.ParsePorts(publish); err != nil {
+				return err
+			}
 			mem, err := vm.ParseSize(memory)
 			if err != nil {
 				return fmt.Errorf("--memory: %w", err)
@@ -102,6 +107,8 @@ func newUpCmd(a *app) *cobra.Command {
 	f.StringVar(&spec.Hypervisor, "hypervisor", vm.HypervisorAuto, "hypervisor: auto, qemu or firecracker")
 	f.BoolVarP(&detach, "detach", "d", false, "run in the background and return once the guest agent answers")
 	f.DurationVar(&bootTimeout, "boot-timeout", 2*time.Minute, "give up if the guest agent has not answered by then")
+	f.StringArrayVarP(&publish, "publish", "p", nil, "publish a guest TCP port for the VM's life: [HOST_IP:]HOST_PORT:GUEST_PORT[/tcp];\n"+
+		"listens on 127.0.0.1 unless HOST_IP is given (not on every interface, unlike docker)")
 	return c
 }
 

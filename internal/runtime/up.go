@@ -14,6 +14,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/mvm-dev/mvm/internal/forward"
 	"github.com/mvm-dev/mvm/internal/network"
 	"github.com/mvm-dev/mvm/internal/procutil"
 	"github.com/mvm-dev/mvm/internal/store"
@@ -65,6 +66,9 @@ func (r *Runtime) Validate(spec vm.Spec) error {
 	}
 	if spec.Hypervisor == vm.HypervisorFirecracker {
 		return errors.New("the Firecracker backend is not available yet in this build: use --hypervisor qemu (or auto)")
+	}
+	if err := forward.CheckFree(spec.Ports); err != nil {
+		return err
 	}
 	if spec.Network == vm.NetworkDefault {
 		if os.Geteuid() != 0 {

@@ -23,6 +23,7 @@ import (
 	"github.com/mvm-dev/mvm/internal/agent/link"
 	"github.com/mvm-dev/mvm/internal/agent/proto"
 	"github.com/mvm-dev/mvm/internal/drive"
+	"github.com/mvm-dev/mvm/internal/forward"
 	"github.com/mvm-dev/mvm/internal/image"
 	"github.com/mvm-dev/mvm/internal/layout"
 	"github.com/mvm-dev/mvm/internal/network"
@@ -62,6 +63,7 @@ type supervisor struct {
 	conLog *rotatingLog
 	hub    *consoleHub
 	lns    []net.Listener
+	ports  []forward.Listener
 	stopCh chan time.Duration
 	status *json.Encoder
 }
@@ -162,6 +164,11 @@ func (s *supervisor) start(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	// Published ports are bound first: one already in use fails the start before
+	// anything else is made.
+	if s.ports, err = forward.Listen(s.rec.Spec.Ports); err != nil {
+		return err
+	}
 	if err := s.prepareDrives(ctx, img); err != nil {
 		return err
 	}
@@ -238,6 +245,11 @@ func (s *supervisor) start(ctx context.Context) error {
 	}
 	s.lns = append(s.lns, ctlL)
 	go s.serveControl(ctlL)
+	if len(s.ports) > 0 {
+		go forward.Serve(context.Background(), s.ports, func(ctx context.Context, port int) (net.Conn, error) {
+			return s.agent.Connect(ctx, "", port)
+		}, s.o.Log)
+	}
 	return s.update(func(r *vm.Record) error {
 		r.ReadyAt = time.Now().UTC()
 		return r.SetState(vm.StateRunning)
@@ -425,6 +437,7 @@ func (s *supervisor) stop(timeout time.Duration, exited <-chan vmm.Exit) vmm.Exi
 // and records how it ended. Disks the user asked to keep (the data drive) stay until
 // `mvmctl down`.
 func (s *supervisor) teardown(reason string) {
+	forward.Close(s.ports)
 	for _, l := range s.lns {
 		l.Close()
 	}

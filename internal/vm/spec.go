@@ -23,13 +23,14 @@ const MinMemoryMiB = 128
 
 // Spec is what a user asks for with `mvmctl up`.
 type Spec struct {
-	Name        string `json:"name"`
-	Image       string `json:"image"`
-	CPUs        int    `json:"cpus"`
-	MemoryMiB   int64  `json:"memory_mib"`
-	DataDiskMiB int64  `json:"data_disk_mib,omitempty"`
-	Network     string `json:"network"`
-	Hypervisor  string `json:"hypervisor"`
+	Name        string     `json:"name"`
+	Image       string     `json:"image"`
+	CPUs        int        `json:"cpus"`
+	MemoryMiB   int64      `json:"memory_mib"`
+	DataDiskMiB int64      `json:"data_disk_mib,omitempty"`
+	Network     string     `json:"network"`
+	Hypervisor  string     `json:"hypervisor"`
+	Ports       []PortSpec `json:"ports,omitempty"`
 }
 
 // Validate checks a spec against the host's limits. hostCPUs is the number of host cores.

@@ -365,7 +365,7 @@ func TestConsoleAndLogsFollow(t *testing.T) {
 	t.Parallel()
 	e := newEnv(t)
 	e.must("up", "-d", "--name", "c", "--network", "none")
-	con, conOut, _ := e.start("console", "c")
+	con, conOut, _ := e.start("console", "--serial", "c")
 	logs, logsOut, _ := e.start("logs", "-f", "c")
 	time.Sleep(500 * time.Millisecond)
 	go e.run("down", "c")
