@@ -60,7 +60,7 @@ func stack(t *testing.T, token []byte) (string, *fakeGuest) {
 
 	dctx, dcancel := context.WithTimeout(ctx, 5*time.Second)
 	defer dcancel()
-	sess, err := link.Dial(dctx, hostEnd)
+	sess, err := link.Dial(dctx, hostEnd, link.DialOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}

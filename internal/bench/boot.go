@@ -217,7 +217,7 @@ func handBoot(ctx context.Context, root layout.Root, img image.Image, accel qemu
 	}()
 	bctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
 	defer cancel()
-	sess, err := link.Dial(bctx, ours[2])
+	sess, err := link.Dial(bctx, ours[2], link.DialOptions{})
 	if err != nil {
 		return 0, err
 	}

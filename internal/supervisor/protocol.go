@@ -32,7 +32,7 @@ type Status struct {
 
 // ControlRequest is a request on the control socket.
 type ControlRequest struct {
-	Op        string `json:"op"` // "stop"
+	Op        string `json:"op"` // "stop", or "relink" (drop the agent link; for tests)
 	TimeoutMs int64  `json:"timeout_ms,omitempty"`
 }
 
@@ -42,9 +42,8 @@ type ControlResponse struct {
 	Error string `json:"error,omitempty"`
 }
 
-// RequestStop asks a VM's supervisor to stop the VM: poweroff through the agent, then
-// a hard stop after timeout. It returns once the supervisor has accepted the request.
-func RequestStop(ctx context.Context, ctlSocket string, timeout time.Duration) error {
+// Request sends one control request and waits for the answer.
+func Request(ctx context.Context, ctlSocket string, req ControlRequest) error {
 	var d net.Dialer
 	c, err := d.DialContext(ctx, "unix", ctlSocket)
 	if err != nil {
@@ -54,7 +53,7 @@ func RequestStop(ctx context.Context, ctlSocket string, timeout time.Duration) e
 	if dl, ok := ctx.Deadline(); ok {
 		_ = c.SetDeadline(dl)
 	}
-	raw, _ := json.Marshal(ControlRequest{Op: "stop", TimeoutMs: timeout.Milliseconds()})
+	raw, _ := json.Marshal(req)
 	if _, err := c.Write(append(raw, '\n')); err != nil {
 		return err
 	}
@@ -70,4 +69,10 @@ func RequestStop(ctx context.Context, ctlSocket string, timeout time.Duration) e
 		return fmt.Errorf("supervisor: %s", resp.Error)
 	}
 	return nil
+}
+
+// RequestStop asks a VM's supervisor to stop the VM: poweroff through the agent, then
+// a hard stop after timeout. It returns once the supervisor has accepted the request.
+func RequestStop(ctx context.Context, ctlSocket string, timeout time.Duration) error {
+	return Request(ctx, ctlSocket, ControlRequest{Op: "stop", TimeoutMs: timeout.Milliseconds()})
 }

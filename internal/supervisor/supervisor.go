@@ -20,7 +20,6 @@ import (
 
 	"github.com/mvm-dev/mvm/internal/agent/client"
 	"github.com/mvm-dev/mvm/internal/agent/hybrid"
-	"github.com/mvm-dev/mvm/internal/agent/link"
 	"github.com/mvm-dev/mvm/internal/agent/proto"
 	"github.com/mvm-dev/mvm/internal/drive"
 	"github.com/mvm-dev/mvm/internal/forward"
@@ -50,22 +49,23 @@ type Options struct {
 const DefaultStopTimeout = 10 * time.Second
 
 type supervisor struct {
-	o      Options
-	st     *store.Store
-	dir    layout.VMDir
-	rec    vm.Record
-	token  []byte
-	tap    *network.TAP
-	inst   vmm.Instance
-	accel  qemu.Accel
-	sess   *link.Session
-	agent  *client.Client
-	conLog *rotatingLog
-	hub    *consoleHub
-	lns    []net.Listener
-	ports  []forward.Listener
-	stopCh chan time.Duration
-	status *json.Encoder
+	o        Options
+	st       *store.Store
+	dir      layout.VMDir
+	rec      vm.Record
+	token    []byte
+	tap      *network.TAP
+	inst     vmm.Instance
+	accel    qemu.Accel
+	link     *agentLink
+	agent    *client.Client
+	stopLink chan struct{}
+	conLog   *rotatingLog
+	hub      *consoleHub
+	lns      []net.Listener
+	ports    []forward.Listener
+	stopCh   chan time.Duration
+	status   *json.Encoder
 }
 
 // Run supervises one VM from preparation to cleanup. It returns when the VM is gone.
@@ -327,18 +327,19 @@ func (s *supervisor) connectAgent(ctx context.Context) error {
 		case <-ctx.Done():
 		}
 	}()
-	var err error
-	s.sess, err = link.Dial(ctx, ch.Serial)
-	if err != nil {
+	s.link = newAgentLink(ch.Serial, s.o.Log)
+	if err := s.link.dial(ctx); err != nil {
 		return s.bootError(ctx, exited, err)
 	}
-	s.agent = client.New(func(ctx context.Context) (net.Conn, error) { return s.sess.Open(ctx) }, s.token)
+	s.agent = client.New(s.link.open, s.token)
 	if _, err := s.agent.Ping(ctx); err != nil {
 		return s.bootError(ctx, exited, fmt.Errorf("agent ping: %w", err))
 	}
 	if err := s.agent.SetTime(ctx, time.Now()); err != nil {
 		s.o.Log.Warn("set guest clock", "err", err)
 	}
+	s.stopLink = make(chan struct{})
+	go s.link.keep(s.stopLink)
 	l, err := listenUnix(s.dir.AgentSocket())
 	if err != nil {
 		return err
@@ -348,7 +349,7 @@ func (s *supervisor) connectAgent(ctx context.Context) error {
 		if port != proto.AgentPort {
 			return nil, hybrid.ErrNoListener
 		}
-		return s.sess.Open(ctx)
+		return s.link.open(ctx)
 	}, s.o.Log)
 	return nil
 }
@@ -393,8 +394,10 @@ func (s *supervisor) serveControl(l net.Listener) {
 			}
 			var req ControlRequest
 			resp := ControlResponse{OK: true}
-			if err := json.Unmarshal(line, &req); err != nil || req.Op != "stop" {
+			if err := json.Unmarshal(line, &req); err != nil || (req.Op != "stop" && req.Op != "relink") {
 				resp = ControlResponse{Error: "unknown request"}
+			} else if req.Op == "relink" {
+				s.link.reset()
 			} else {
 				t := time.Duration(req.TimeoutMs) * time.Millisecond
 				if t <= 0 {
@@ -441,8 +444,9 @@ func (s *supervisor) teardown(reason string) {
 	for _, l := range s.lns {
 		l.Close()
 	}
-	if s.sess != nil {
-		s.sess.Close()
+	if s.link != nil {
+		close(s.stopLink)
+		s.link.close()
 	}
 	if s.hub != nil {
 		s.inst.Console().Close()

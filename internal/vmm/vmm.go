@@ -35,7 +35,7 @@ type Config struct {
 // AgentChannel is how the host reaches the guest agent: either a byte stream to a
 // virtio-serial port (QEMU without vsock), or a hybrid-vsock Unix socket (Firecracker).
 type AgentChannel struct {
-	Serial       io.ReadWriteCloser
+	Serial       net.Conn
 	HybridSocket string
 }
 

@@ -67,7 +67,9 @@ func handle(ctx context.Context, c net.Conn, open OpenFunc, log *slog.Logger) {
 		return
 	}
 	_ = c.SetReadDeadline(time.Time{})
-	s, err := open(ctx, port)
+	octx, cancel := context.WithTimeout(ctx, 30*time.Second) // a link being re-established
+	s, err := open(octx, port)
+	cancel()
 	if err != nil {
 		log.Debug("hybrid socket: open guest stream", "port", port, "err", err)
 		return

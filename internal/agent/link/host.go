@@ -8,6 +8,8 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"sync"
+	"time"
 
 	"github.com/hashicorp/yamux"
 )
@@ -15,25 +17,73 @@ import (
 // Session is the host end of a link: it opens agent streams.
 type Session struct {
 	mux          *yamux.Session
+	port         net.Conn
 	AgentVersion string
 }
 
-// Dial syncs with the agent on a freshly connected port and starts the session. It
-// waits (as long as ctx allows) for the guest to open its end, which under emulation
-// takes the whole boot.
-func Dial(ctx context.Context, port io.ReadWriteCloser) (*Session, error) {
-	nb := make([]byte, nonceHex/2)
-	if _, err := rand.Read(nb); err != nil {
-		return nil, fmt.Errorf("link nonce: %w", err)
+// DialOptions tune Dial.
+type DialOptions struct {
+	// Resync sends a fresh sync line at this interval until one is acknowledged. Use it
+	// when the guest is known to be running (re-linking to a live agent, whose session
+	// may swallow the first sync); leave it zero while the guest boots, where one sync
+	// waits in the port until the agent opens it.
+	Resync time.Duration
+}
+
+// Dial syncs with the agent on a connected port and starts a session. It waits (as
+// long as ctx allows) for the agent to answer, which under emulation can take the
+// whole boot. The caller owns the port: it stays open when the session ends, so the
+// caller can Dial on it again.
+func Dial(ctx context.Context, port net.Conn, opt DialOptions) (*Session, error) {
+	var mu sync.Mutex
+	sent := map[string]bool{}
+	sendSync := func() error {
+		nb := make([]byte, nonceHex/2)
+		if _, err := rand.Read(nb); err != nil {
+			return fmt.Errorf("link nonce: %w", err)
+		}
+		nonce := hex.EncodeToString(nb)
+		mu.Lock()
+		sent[nonce] = true
+		mu.Unlock()
+		if _, err := io.WriteString(port, syncMarker+nonce+"\n"); err != nil {
+			return fmt.Errorf("link: send sync: %w", err)
+		}
+		return nil
 	}
-	nonce := hex.EncodeToString(nb)
-	if _, err := io.WriteString(port, syncMarker+nonce+"\n"); err != nil {
-		return nil, fmt.Errorf("link: send sync: %w", err)
+	if err := sendSync(); err != nil {
+		return nil, err
+	}
+	var resync sync.WaitGroup
+	stopResync := make(chan struct{})
+	if opt.Resync > 0 {
+		resync.Add(1)
+		go func() {
+			defer resync.Done()
+			t := time.NewTicker(opt.Resync)
+			defer t.Stop()
+			for {
+				select {
+				case <-t.C:
+					if sendSync() != nil {
+						return
+					}
+				case <-stopResync:
+					return
+				}
+			}
+		}()
 	}
 	stop := watchContext(ctx, port)
 	br := bufio.NewReaderSize(port, 64<<10)
-	version, err := awaitAck(br, nonce)
+	version, err := awaitAck(br, func(n string) bool {
+		mu.Lock()
+		defer mu.Unlock()
+		return sent[n]
+	})
 	stop()
+	close(stopResync)
+	resync.Wait() // no sync line may follow the session's first frames
 	if err != nil {
 		if ctx.Err() != nil {
 			return nil, fmt.Errorf("link: waiting for the agent: %w", ctx.Err())
@@ -49,12 +99,11 @@ func Dial(ctx context.Context, port io.ReadWriteCloser) (*Session, error) {
 	go func() {
 		<-mux.CloseChan()
 		cw.Close()
-		port.Close()
 	}()
-	return &Session{mux: mux, AgentVersion: version}, nil
+	return &Session{mux: mux, port: port, AgentVersion: version}, nil
 }
 
-func awaitAck(br *bufio.Reader, nonce string) (string, error) {
+func awaitAck(br *bufio.Reader, ours func(nonce string) bool) (string, error) {
 	for {
 		if err := scanFor(br, ackMarker); err != nil {
 			return "", err
@@ -64,7 +113,7 @@ func awaitAck(br *bufio.Reader, nonce string) (string, error) {
 			return "", err
 		}
 		got, version, err := ParseAck(line)
-		if err != nil || got != nonce {
+		if err != nil || !ours(got) {
 			continue // a stale ack from an earlier host connection
 		}
 		return version, nil
@@ -101,5 +150,11 @@ func (s *Session) Open(ctx context.Context) (net.Conn, error) {
 // Done is closed when the session ends (the port closed or broke).
 func (s *Session) Done() <-chan struct{} { return s.mux.CloseChan() }
 
-// Close ends the session and closes the port.
-func (s *Session) Close() error { return s.mux.Close() }
+// Close ends the session, leaving the port open. A read deadline in the past stops
+// the session's reader (yamux waits for it), and is cleared again afterwards.
+func (s *Session) Close() error {
+	_ = s.port.SetReadDeadline(time.Unix(1, 0))
+	err := s.mux.Close()
+	_ = s.port.SetReadDeadline(time.Time{})
+	return err
+}

@@ -70,7 +70,7 @@ func TestReconnect(t *testing.T) {
 	}
 	dctx, dc := context.WithTimeout(ctx, 5*time.Second)
 	defer dc()
-	s1, err := Dial(dctx, host1)
+	s1, err := Dial(dctx, host1, DialOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -81,7 +81,7 @@ func TestReconnect(t *testing.T) {
 	host1.Close()
 	go host2.Write([]byte("junk-from-nowhere"))
 	time.Sleep(50 * time.Millisecond)
-	s2, err := Dial(dctx, host2)
+	s2, err := Dial(dctx, host2, DialOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -152,4 +152,42 @@ func FuzzParseSyncAck(f *testing.F) {
 		_ = scanFor(br, syncMarker)
 		_, _ = readLine(br)
 	})
+}
+
+// TestRelinkLiveAgent: the host drops its session while the agent's is still alive
+// (a broken link, a restarted supervisor) and dials again on the same port. The first
+// sync lands inside the agent's old session; resyncing gets through.
+func TestRelinkLiveAgent(t *testing.T) {
+	guest, host := socketPair(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go Serve(ctx, guest, "v", nil, func(c net.Conn) { io.Copy(c, c); c.Close() })
+	echo := func(s *Session) {
+		t.Helper()
+		c, err := s.Open(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		c.Write([]byte("ping"))
+		buf := make([]byte, 4)
+		c.SetReadDeadline(time.Now().Add(5 * time.Second))
+		if _, err := io.ReadFull(c, buf); err != nil || string(buf) != "ping" {
+			t.Fatalf("echo: %q %v", buf, err)
+		}
+	}
+	dctx, dc := context.WithTimeout(ctx, 10*time.Second)
+	defer dc()
+	s1, err := Dial(dctx, host, DialOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	echo(s1)
+	s1.Close() // only our side: the agent's session lives on
+	s2, err := Dial(dctx, host, DialOptions{Resync: 200 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	echo(s2)
+	s2.Close()
 }

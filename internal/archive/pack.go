@@ -1,0 +1,156 @@
+package archive
+
+import (
+	"archive/tar"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"time"
+)
+
+// Pack writes a PAX tar stream of src to w and returns the SourceInfo it
+// packed (the same as [Stat] gives) together with what it wrote.
+//
+// Entry names are relative: the top entry is info.Base and everything below
+// it is Base/..., or, when info.ContentsOnly, the directory's children
+// directly (there is no entry for the directory itself). Regular files,
+// directories and symlinks are stored with their permission bits (including
+// setuid, setgid and sticky), nanosecond mtime and numeric uid/gid; symlink
+// targets are stored verbatim and never followed. Hard links are stored as
+// separate regular files. Sockets, devices and FIFOs are left out and listed
+// in Result.Skipped.
+//
+// A sender normally calls Stat first to tell the receiver what is coming. If
+// the source changes between Stat and Pack the receiver's [Unpack] refuses
+// the mismatching stream; callers may also compare the returned SourceInfo.
+//
+// ctx is checked before every entry and between chunks of file data. A Write
+// to w that blocks is not interrupted: the caller must close the underlying
+// connection on cancellation.
+func Pack(ctx context.Context, w io.Writer, src string) (SourceInfo, Result, error) {
+	info, fi, err := stat(src)
+	if err != nil {
+		return SourceInfo{}, Result{}, err
+	}
+	p := packer{ctx: ctx, tw: tar.NewWriter(w)}
+	if !info.IsDir {
+		err = p.add(src, info.Base, fi)
+	} else {
+		err = filepath.WalkDir(src, func(file string, d fs.DirEntry, err error) error {
+			if err != nil {
+				return err
+			}
+			rel, err := filepath.Rel(src, file)
+			if err != nil {
+				return err
+			}
+			name := filepath.ToSlash(rel)
+			switch {
+			case rel == "." && info.ContentsOnly:
+				return nil
+			case rel == ".":
+				name = info.Base
+			case !info.ContentsOnly:
+				name = info.Base + "/" + name
+			}
+			fi, err := d.Info()
+			if err != nil {
+				return err
+			}
+			return p.add(file, name, fi)
+		})
+	}
+	if err != nil {
+		return info, p.res, fmt.Errorf("pack %s: %w", src, err)
+	}
+	// Close writes the end-of-archive marker, which Unpack needs to tell a
+	// complete stream from a truncated one.
+	if err := p.tw.Close(); err != nil {
+		return info, p.res, fmt.Errorf("pack %s: %w", src, err)
+	}
+	return info, p.res, nil
+}
+
+type packer struct {
+	ctx context.Context
+	tw  *tar.Writer
+	res Result
+}
+
+func (p *packer) add(file, name string, fi fs.FileInfo) error {
+	if err := p.ctx.Err(); err != nil {
+		return err
+	}
+	var link string
+	switch fi.Mode().Type() {
+	case 0: // regular file
+	case fs.ModeDir:
+		name += "/"
+	case fs.ModeSymlink:
+		var err error
+		if link, err = os.Readlink(file); err != nil {
+			return err
+		}
+	default:
+		p.res.Skipped = append(p.res.Skipped, name)
+		return nil
+	}
+	hdr, err := tar.FileInfoHeader(numericIDs{fi}, link)
+	if err != nil {
+		return fmt.Errorf("%s: %w", file, err)
+	}
+	hdr.Name = name
+	// An explicit PAX format keeps the nanosecond mtime (the default would
+	// round it to seconds). Access and change times are dropped: the receiver
+	// does not restore them and they would only add PAX records.
+	hdr.Format = tar.FormatPAX
+	hdr.AccessTime, hdr.ChangeTime = time.Time{}, time.Time{}
+	if err := p.tw.WriteHeader(hdr); err != nil {
+		return fmt.Errorf("%s: %w", file, err)
+	}
+	p.res.Entries++
+	if hdr.Typeflag != tar.TypeReg {
+		return nil
+	}
+	f, err := os.Open(file)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	// CopyN: the header already promised hdr.Size bytes, so a file that grows
+	// meanwhile is cut at that size and one that shrinks is an error.
+	n, err := io.CopyN(p.tw, ctxReader{p.ctx, f}, hdr.Size)
+	p.res.Bytes += n
+	if errors.Is(err, io.EOF) {
+		return fmt.Errorf("%s: file shrank while being copied", file)
+	}
+	if err != nil {
+		return fmt.Errorf("%s: %w", file, err)
+	}
+	return nil
+}
+
+// numericIDs makes tar.FileInfoHeader skip its user and group name lookups:
+// only numeric ids are meaningful across the host/guest boundary.
+type numericIDs struct{ fs.FileInfo }
+
+func (numericIDs) Uname() (string, error) { return "", nil }
+func (numericIDs) Gname() (string, error) { return "", nil }
+
+// ctxReader fails reads once ctx is done, so long file copies notice
+// cancellation between chunks.
+type ctxReader struct {
+	ctx context.Context
+	r   io.Reader
+}
+
+func (c ctxReader) Read(p []byte) (int, error) {
+	if err := c.ctx.Err(); err != nil {
+		return 0, err
+	}
+	return c.r.Read(p)
+}

@@ -1,0 +1,391 @@
+package archive
+
+import (
+	"archive/tar"
+	"context"
+	"crypto/rand"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"path"
+	"path/filepath"
+	"strings"
+	"time"
+)
+
+// UnpackOptions tunes [Unpack].
+type UnpackOptions struct {
+	// Chown restores the numeric uid/gid recorded in the stream (it needs
+	// root, as the guest agent is). Without it everything is owned by the
+	// caller.
+	Chown bool
+}
+
+// Unpack reads a tar stream produced by [Pack] for the source described by
+// src and applies it at dest with docker cp's rules:
+//
+//   - src is a file: if dest does not exist it is created as dest (its parent
+//     must exist; a dest ending in a separator must already be a directory);
+//     an existing file is replaced; into an existing directory it goes as
+//     dest/Base.
+//   - src is a directory: if dest does not exist it is created (its parent
+//     must exist) and receives src's contents; an existing file is an error;
+//     into an existing directory it goes as dest/Base, or with ContentsOnly
+//     its contents are merged into dest.
+//
+// dest is the operator's choice and is trusted: an existing symlink at dest
+// is followed, as docker cp does. The stream is not: every write goes
+// through an [os.Root] opened on the directory that will contain the result,
+// and entries whose names are absolute, contain "..", lie outside the
+// declared top name, disagree with src, are of unsupported types (hard
+// links, devices, FIFOs, sparse files), or would be written through any
+// symlink are refused with an error wrapping [ErrUnsafeEntry]. Symlinks are
+// created verbatim: they are data, only following them is refused. An
+// existing directory is never replaced by a non-directory nor the reverse.
+//
+// Regular files are written to a temporary name and renamed into place, so a
+// failure never leaves a half-written file under its final name (entries
+// completed before the failure stay). Modes, including setuid/setgid/sticky,
+// and mtimes of files and directories are restored; directory modes and
+// mtimes are applied after their contents are written. Symlink mtimes are
+// not restored: os.Root has no lutimes.
+//
+// Unpack stops reading exactly at the end-of-archive marker, so the caller
+// can read a trailer (such as the sender's [HashingWriter] digest) from r
+// afterwards. A stream cut at an entry boundary is indistinguishable from a
+// shorter archive; that is what the digest is for.
+//
+// ctx is checked on every read of r. A Read that blocks is not interrupted:
+// the caller must close the underlying connection on cancellation.
+func Unpack(ctx context.Context, r io.Reader, dest string, src SourceInfo, opts UnpackOptions) (res Result, err error) {
+	if err := src.validate(); err != nil {
+		return Result{}, err
+	}
+	rootDir, target, createTarget, err := destination(dest, src)
+	if err != nil {
+		return Result{}, err
+	}
+	root, err := os.OpenRoot(rootDir)
+	if err != nil {
+		return Result{}, fmt.Errorf("open destination: %w", err)
+	}
+	defer root.Close()
+
+	u := unpacker{
+		ctx:      ctx,
+		root:     root,
+		opts:     opts,
+		src:      src,
+		target:   target,
+		verified: map[string]bool{},
+	}
+	// Directory modes and mtimes go on last, deepest first: writing children
+	// would bump the mtimes, and a read-only mode would block the writes.
+	// They are applied on failure too, so directories do not stay 0700.
+	defer func() {
+		if derr := u.finishDirs(); err == nil && derr != nil {
+			err = fmt.Errorf("unpack to %s: %w", dest, derr)
+		}
+	}()
+	if createTarget {
+		if err := root.Mkdir(target, 0o755); err != nil {
+			return Result{}, fmt.Errorf("create destination: %w", err)
+		}
+		u.verified[target] = true
+	}
+
+	tr := tar.NewReader(ctxReader{ctx, r})
+	for {
+		hdr, err := tr.Next()
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			return u.res, fmt.Errorf("unpack to %s: read archive: %w", dest, err)
+		}
+		if err := u.entry(hdr, tr); err != nil {
+			return u.res, fmt.Errorf("unpack to %s: %w", dest, err)
+		}
+	}
+	if !src.ContentsOnly && !u.sawTop {
+		return u.res, fmt.Errorf("unpack to %s: archive ended before %q arrived", dest, src.Base)
+	}
+	return u.res, nil
+}
+
+// destination applies docker cp's rules to dest. It returns the directory
+// to open as the root, the name inside it that the archive's top maps to
+// ("." for contents merged into the root itself), and whether that name
+// must be created up front (contents-only copies have no entry for it).
+func destination(dest string, src SourceInfo) (rootDir, target string, createTarget bool, err error) {
+	fi, err := os.Stat(dest)
+	switch {
+	case err == nil:
+		// Resolve a symlinked dest so that replacing a file replaces the
+		// link's target, not the link, as docker cp does.
+		if dest, err = filepath.EvalSymlinks(dest); err != nil {
+			return "", "", false, fmt.Errorf("destination: %w", err)
+		}
+		switch {
+		case fi.IsDir() && src.ContentsOnly:
+			return dest, ".", false, nil
+		case fi.IsDir():
+			return dest, src.Base, false, nil
+		case src.IsDir:
+			return "", "", false, fmt.Errorf("cannot copy a directory to a file: destination %q exists and is not a directory", dest)
+		default:
+			return filepath.Dir(dest), filepath.Base(dest), false, nil
+		}
+	case !errors.Is(err, fs.ErrNotExist):
+		return "", "", false, fmt.Errorf("destination: %w", err)
+	case !src.IsDir && strings.HasSuffix(dest, "/") || strings.HasSuffix(dest, string(filepath.Separator)):
+		if !src.IsDir {
+			return "", "", false, fmt.Errorf("destination directory %q does not exist", dest)
+		}
+	}
+	clean := filepath.Clean(dest)
+	parent, name := filepath.Dir(clean), filepath.Base(clean)
+	if !validBase(name) {
+		return "", "", false, fmt.Errorf("invalid destination %q", dest)
+	}
+	pfi, err := os.Stat(parent)
+	if errors.Is(err, fs.ErrNotExist) {
+		return "", "", false, fmt.Errorf("destination parent directory %q does not exist", parent)
+	}
+	if err != nil {
+		return "", "", false, fmt.Errorf("destination parent: %w", err)
+	}
+	if !pfi.IsDir() {
+		return "", "", false, fmt.Errorf("destination parent %q is not a directory", parent)
+	}
+	return parent, name, src.ContentsOnly, nil
+}
+
+type unpacker struct {
+	ctx    context.Context
+	root   *os.Root
+	opts   UnpackOptions
+	src    SourceInfo
+	target string
+	sawTop bool
+	res    Result
+	dirs   []dirMeta
+	// verified holds names known to be real directories (not symlinks)
+	// inside the root. It stays valid for the whole stream because an
+	// existing directory is never replaced by anything else.
+	verified map[string]bool
+}
+
+type dirMeta struct {
+	name         string
+	mode         fs.FileMode
+	atime, mtime time.Time
+}
+
+// mapName turns a cleaned entry name into its name inside the root,
+// refusing anything that is not the declared top or below it, so a hostile
+// sender cannot write siblings of the target.
+func (u *unpacker) mapName(name string) (string, bool) {
+	if u.src.ContentsOnly {
+		return path.Join(u.target, name), true
+	}
+	if name == u.src.Base {
+		return u.target, true
+	}
+	if rest, ok := strings.CutPrefix(name, u.src.Base+"/"); ok && u.src.IsDir {
+		return path.Join(u.target, rest), true
+	}
+	return "", false
+}
+
+func (u *unpacker) entry(hdr *tar.Header, r io.Reader) error {
+	clean, err := cleanEntryName(hdr.Name)
+	if err != nil {
+		return err
+	}
+	name, ok := u.mapName(clean)
+	if !ok {
+		return fmt.Errorf("%w: entry %q is outside the declared source %q", ErrUnsafeEntry, hdr.Name, u.src.Base)
+	}
+	if !u.src.ContentsOnly {
+		if u.sawTop && !u.src.IsDir {
+			return fmt.Errorf("%w: entry %q after the single file %q", ErrUnsafeEntry, hdr.Name, u.src.Base)
+		}
+		if isDir := hdr.Typeflag == tar.TypeDir; name == u.target && isDir != u.src.IsDir {
+			return fmt.Errorf("%w: entry %q: type %q does not match the declared source", ErrUnsafeEntry, hdr.Name, hdr.Typeflag)
+		}
+		u.sawTop = true
+	}
+	for k := range hdr.PAXRecords {
+		// Sparse entries could make us write huge runs of zeros that never
+		// crossed the wire; Pack never produces them.
+		if strings.HasPrefix(k, "GNU.sparse.") {
+			return fmt.Errorf("%w: entry %q: sparse files are not supported", ErrUnsafeEntry, hdr.Name)
+		}
+	}
+	switch hdr.Typeflag {
+	case tar.TypeDir, tar.TypeReg, tar.TypeSymlink:
+	default:
+		return fmt.Errorf("%w: entry %q: unsupported type %q", ErrUnsafeEntry, hdr.Name, hdr.Typeflag)
+	}
+	if err := u.ensureParents(hdr.Name, name); err != nil {
+		return err
+	}
+	existing, err := u.root.Lstat(name)
+	if err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return err
+	}
+	// docker cp's NoOverwriteDirNonDir: never swap a directory for a
+	// non-directory or the reverse. Besides matching docker, this is what
+	// keeps u.verified sound.
+	if existing != nil && existing.IsDir() != (hdr.Typeflag == tar.TypeDir) {
+		if existing.IsDir() {
+			return fmt.Errorf("cannot overwrite directory %q with non-directory %q", name, hdr.Name)
+		}
+		return fmt.Errorf("cannot overwrite non-directory %q with directory %q", name, hdr.Name)
+	}
+	mode := hdr.FileInfo().Mode() & (fs.ModePerm | fs.ModeSetuid | fs.ModeSetgid | fs.ModeSticky)
+	switch hdr.Typeflag {
+	case tar.TypeDir:
+		err = u.dir(name, existing != nil, hdr, mode)
+	case tar.TypeReg:
+		err = u.file(name, hdr, mode, r)
+	case tar.TypeSymlink:
+		err = u.symlink(name, hdr)
+	}
+	if err != nil {
+		return err
+	}
+	u.res.Entries++
+	return nil
+}
+
+// ensureParents makes sure every directory above name exists as a real
+// directory. os.Root already stops symlinks from leading out of the root,
+// but it follows those that stay inside, and the root is the directory
+// holding the target: a link such as "dir/up -> .." would let a sender
+// write siblings of the target. So no symlink is ever traversed, whether
+// the stream created it or it was already there.
+func (u *unpacker) ensureParents(entry, name string) error {
+	dir := path.Dir(name)
+	if dir == "." || u.verified[dir] {
+		return nil
+	}
+	for i := 0; i <= len(dir); i++ {
+		if i < len(dir) && dir[i] != '/' {
+			continue
+		}
+		p := dir[:i]
+		if u.verified[p] {
+			continue
+		}
+		fi, err := u.root.Lstat(p)
+		switch {
+		case errors.Is(err, fs.ErrNotExist):
+			// A well-formed stream has an entry for every directory before
+			// its children; tolerate one that does not.
+			if err := u.root.Mkdir(p, 0o755); err != nil {
+				return err
+			}
+		case err != nil:
+			return err
+		case fi.Mode().Type() == fs.ModeSymlink:
+			return fmt.Errorf("%w: entry %q would be written through symlink %q", ErrUnsafeEntry, entry, p)
+		case !fi.IsDir():
+			return fmt.Errorf("entry %q: %q is not a directory", entry, p)
+		}
+		u.verified[p] = true
+	}
+	return nil
+}
+
+func (u *unpacker) dir(name string, exists bool, hdr *tar.Header, mode fs.FileMode) error {
+	if !exists {
+		// Owner-only until finishDirs applies the real mode: nobody else
+		// gets to see or use a half-filled directory.
+		if err := u.root.Mkdir(name, 0o700); err != nil {
+			return err
+		}
+	}
+	u.verified[name] = true
+	if u.opts.Chown {
+		if err := u.root.Lchown(name, hdr.Uid, hdr.Gid); err != nil {
+			return err
+		}
+	}
+	u.dirs = append(u.dirs, dirMeta{name: name, mode: mode, atime: hdr.AccessTime, mtime: hdr.ModTime})
+	return nil
+}
+
+func (u *unpacker) file(name string, hdr *tar.Header, mode fs.FileMode, r io.Reader) (err error) {
+	tmp := tempName(name)
+	f, err := u.root.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+	if err != nil {
+		return err
+	}
+	defer func() {
+		if err != nil {
+			f.Close()
+			u.root.Remove(tmp)
+		}
+	}()
+	n, err := io.Copy(f, ctxReader{u.ctx, r})
+	u.res.Bytes += n
+	if err != nil {
+		return fmt.Errorf("entry %q: %w", hdr.Name, err)
+	}
+	// Through the descriptor, so there is no path to race on. Chown first:
+	// it clears setuid/setgid.
+	if u.opts.Chown {
+		if err := f.Chown(hdr.Uid, hdr.Gid); err != nil {
+			return err
+		}
+	}
+	if err := f.Chmod(mode); err != nil {
+		return err
+	}
+	if err := f.Close(); err != nil {
+		return err
+	}
+	if err := u.root.Chtimes(tmp, hdr.AccessTime, hdr.ModTime); err != nil {
+		return err
+	}
+	return u.root.Rename(tmp, name)
+}
+
+func (u *unpacker) symlink(name string, hdr *tar.Header) (err error) {
+	// Created under a temporary name and renamed so that it atomically
+	// replaces an existing file or link, like a regular file does.
+	tmp := tempName(name)
+	if err := u.root.Symlink(hdr.Linkname, tmp); err != nil {
+		return err
+	}
+	defer func() {
+		if err != nil {
+			u.root.Remove(tmp)
+		}
+	}()
+	if u.opts.Chown {
+		if err := u.root.Lchown(tmp, hdr.Uid, hdr.Gid); err != nil {
+			return err
+		}
+	}
+	return u.root.Rename(tmp, name)
+}
+
+func (u *unpacker) finishDirs() error {
+	var errs []error
+	for i := len(u.dirs) - 1; i >= 0; i-- {
+		d := u.dirs[i]
+		errs = append(errs, u.root.Chmod(d.name, d.mode), u.root.Chtimes(d.name, d.atime, d.mtime))
+	}
+	return errors.Join(errs...)
+}
+
+// tempName returns a fresh name in name's directory. It does not derive
+// from name, so it never exceeds the file name length limit.
+func tempName(name string) string {
+	return path.Join(path.Dir(name), ".mvmcp-"+rand.Text()[:16])
+}
