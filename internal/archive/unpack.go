@@ -140,10 +140,10 @@ func destination(dest string, src SourceInfo) (rootDir, target string, createTar
 		}
 	case !errors.Is(err, fs.ErrNotExist):
 		return "", "", false, fmt.Errorf("destination: %w", err)
-	case !src.IsDir && strings.HasSuffix(dest, "/") || strings.HasSuffix(dest, string(filepath.Separator)):
-		if !src.IsDir {
-			return "", "", false, fmt.Errorf("destination directory %q does not exist", dest)
-		}
+	case !src.IsDir && dest != "" && os.IsPathSeparator(dest[len(dest)-1]):
+		// A trailing separator says dest is meant to be a directory; docker
+		// cp will not create one to hold a single file.
+		return "", "", false, fmt.Errorf("destination directory %q does not exist", dest)
 	}
 	clean := filepath.Clean(dest)
 	parent, name := filepath.Dir(clean), filepath.Base(clean)

@@ -163,7 +163,14 @@ func openVirtioPort(name string) (*os.File, error) {
 				dev := "/dev/" + filepath.Base(filepath.Dir(p))
 				_ = os.MkdirAll("/dev/virtio-ports", 0o755)
 				_ = os.Symlink(dev, "/dev/virtio-ports/"+name)
-				return os.OpenFile(dev, os.O_RDWR, 0)
+				// Blocking I/O on purpose: the runtime's poller would turn every 4 KiB
+				// the port delivers into read, EAGAIN, epoll_wait and read again, and
+				// under emulation syscalls are what a transfer costs.
+				fd, err := unix.Open(dev, unix.O_RDWR|unix.O_CLOEXEC, 0)
+				if err != nil {
+					return nil, err
+				}
+				return os.NewFile(uintptr(fd), dev), nil
 			}
 		}
 		if time.Now().After(deadline) {

@@ -1,12 +1,19 @@
 package integration
 
 import (
+	"bufio"
 	"bytes"
+	"io"
+	"net"
+	"net/http"
+	"runtime"
+
 	"context"
 	"crypto/rand"
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
+	"github.com/vishvananda/netns"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -205,3 +212,49 @@ func pidOf(pattern string) []string {
 }
 
 var _ = fmt.Sprint
+
+// inNSDo runs fn with the calling thread in the test's network namespace, so Go code
+// (an HTTP client, a TCP server) can talk to what lives there.
+func (e *env) inNSDo(fn func() error) error {
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	orig, err := netns.Get()
+	if err != nil {
+		return err
+	}
+	defer orig.Close()
+	target, err := netns.GetFromName(e.ns)
+	if err != nil {
+		return err
+	}
+	defer target.Close()
+	if err := netns.Set(target); err != nil {
+		return err
+	}
+	defer netns.Set(orig)
+	return fn()
+}
+
+// httpGet fetches http://127.0.0.1:port/ from inside the test's namespace. The socket
+// is made on the namespaced thread (http.Transport would dial from another one).
+func (e *env) httpGet(port int) (string, error) {
+	var body string
+	err := e.inNSDo(func() error {
+		c, err := net.DialTimeout("tcp", fmt.Sprintf("127.0.0.1:%d", port), 10*time.Second)
+		if err != nil {
+			return err
+		}
+		defer c.Close()
+		c.SetDeadline(time.Now().Add(10 * time.Second))
+		fmt.Fprintf(c, "GET / HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")
+		resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+		if err != nil {
+			return err
+		}
+		defer resp.Body.Close()
+		b, err := io.ReadAll(resp.Body)
+		body = string(b)
+		return err
+	})
+	return body, err
+}
