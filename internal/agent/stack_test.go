@@ -371,3 +371,73 @@ func TestInfo(t *testing.T) {
 		t.Fatalf("%+v %v", info, err)
 	}
 }
+
+// TestHostGoneKillsCommand: when mvmctl disappears mid-exec (killed, terminal gone),
+// the guest command is hung up and, if it ignores that, killed.
+func TestHostGoneKillsCommand(t *testing.T) {
+	sock, _ := stack(t, goodToken)
+	cl := client.NewHybrid(sock, goodToken)
+	pidFile := filepath.Join(t.TempDir(), "pid")
+	ctx, cancel := context.WithTimeout(context.Background(), 500*time.Millisecond)
+	defer cancel()
+	_, err := cl.Exec(ctx, client.ExecOptions{Argv: []string{"sh", "-c", "trap '' HUP; echo $$ > " + pidFile + "; exec sleep 30"}})
+	if err == nil {
+		t.Fatal("exec outlived its context")
+	}
+	raw, _ := os.ReadFile(pidFile)
+	var pid int
+	fmt.Sscan(string(raw), &pid)
+	if pid == 0 {
+		t.Fatal("no pid")
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for syscall.Kill(pid, 0) == nil {
+		if time.Now().After(deadline) {
+			t.Fatalf("command %d still runs after its host went away", pid)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// TestUnauthenticatedLimits: before authenticating, a peer can make the agent neither
+// read a large frame nor hold many connections open.
+func TestUnauthenticatedLimits(t *testing.T) {
+	sock, _ := stack(t, goodToken)
+	c, err := client.DialHybrid(context.Background(), sock, proto.AgentPort)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	// A header announcing a 1 MiB data frame, as the very first thing.
+	c.Write([]byte{0, 0x10, 0, 0, byte(proto.TStdin)})
+	c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	f, err := proto.NewConn(c).Read()
+	if err == nil && f.Type != proto.TError {
+		t.Fatalf("got %s", f.Type)
+	}
+	// More idle connections than the agent admits: the extra ones are closed at once.
+	var conns []net.Conn
+	for i := 0; i < 40; i++ {
+		c, err := client.DialHybrid(context.Background(), sock, proto.AgentPort)
+		if err != nil {
+			t.Fatal(err)
+		}
+		conns = append(conns, c)
+	}
+	closed := 0
+	for _, c := range conns {
+		c.SetReadDeadline(time.Now().Add(150 * time.Millisecond))
+		if _, err := c.Read(make([]byte, 1)); errors.Is(err, io.EOF) {
+			closed++
+		}
+		c.Close()
+	}
+	if closed == 0 {
+		t.Fatal("no connection was refused beyond the handshake limit")
+	}
+	// And a well-behaved client still gets in afterwards.
+	time.Sleep(100 * time.Millisecond)
+	if _, err := client.NewHybrid(sock, goodToken).Ping(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+}

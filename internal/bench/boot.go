@@ -11,6 +11,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"sort"
 	"syscall"
 	"time"
@@ -196,6 +197,11 @@ func handBoot(ctx context.Context, root layout.Root, img image.Image, accel qemu
 	}
 	cmd := exec.Command(qemu.Binary, qemu.Args(cfgQ, accel, qemu.Fds{QMP: 3, Console: 4, Agent: 5, TAP: -1})...)
 	cmd.ExtraFiles = theirs
+	// Dies with the benchmark (the fork thread is the one that runs this function and
+	// waits for QEMU below).
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
 	start := time.Now()
 	if err := cmd.Start(); err != nil {
 		return 0, err

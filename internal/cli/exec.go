@@ -15,6 +15,7 @@ import (
 	"github.com/mvm-dev/mvm/internal/agent/client"
 	"github.com/mvm-dev/mvm/internal/agent/proto"
 	"github.com/mvm-dev/mvm/internal/runtime"
+	"github.com/mvm-dev/mvm/internal/ui"
 )
 
 // codeExecFailed is exec's exit code for failures of its own, as docker uses it.
@@ -90,8 +91,7 @@ func (a *app) runExec(parent context.Context, rt *runtime.Runtime, name string, 
 			o.Cols, o.Rows = uint16(w), uint16(h)
 		}
 		if f.interactive && term.IsTerminal(inFd) {
-			old, err := term.MakeRaw(inFd)
-			if err == nil {
+			if old, err := term.MakeRaw(inFd); err == nil {
 				defer term.Restore(inFd, old)
 			}
 		}
@@ -110,28 +110,29 @@ func (a *app) runExec(parent context.Context, rt *runtime.Runtime, name string, 
 			}
 		}()
 		o.Resize = resize
-	} else {
-		sigs := make(chan os.Signal, 4)
-		signal.Notify(sigs, os.Interrupt, syscall.SIGTERM, syscall.SIGHUP, syscall.SIGQUIT)
-		defer signal.Stop(sigs)
-		fwd := make(chan int, 4)
-		go func() {
-			for s := range sigs {
-				fwd <- int(s.(syscall.Signal))
-			}
-		}()
-		o.Signals = fwd
 	}
+	// Signals sent to mvmctl go to the command. In raw mode Ctrl-C is a key the guest's
+	// terminal turns into SIGINT itself; a signal from elsewhere (kill) is still passed on.
+	sigs := make(chan os.Signal, 4)
+	signal.Notify(sigs, os.Interrupt, syscall.SIGTERM, syscall.SIGHUP, syscall.SIGQUIT)
+	defer signal.Stop(sigs)
+	fwd := make(chan int, 4)
+	go func() {
+		for s := range sigs {
+			fwd <- int(s.(syscall.Signal))
+		}
+	}()
+	o.Signals = fwd
 	ex, err := rt.Exec(ctx, name, o)
 	var se *client.StartError
 	switch {
 	case errors.As(err, &se):
-		return &ExitError{Code: se.Code, Err: fmt.Errorf("exec in %s: %s", name, se.Message)}
+		return &ExitError{Code: se.Code, Err: fmt.Errorf("exec in %s: %s", name, ui.Printable(se.Message))}
 	case err != nil:
 		return &ExitError{Code: codeExecFailed, Err: err}
 	}
 	if ex.TimedOut {
-		fmt.Fprintf(a.stderr, "mvmctl: the command %s\n", ex.Error)
+		fmt.Fprintf(a.stderr, "mvmctl: the command %s\n", ui.Printable(ex.Error))
 	}
 	if ex.Code != 0 {
 		return &ExitError{Code: ex.Code}

@@ -16,6 +16,7 @@ import (
 
 	"github.com/mvm-dev/mvm/internal/layout"
 	"github.com/mvm-dev/mvm/internal/runtime"
+	"github.com/mvm-dev/mvm/internal/ui"
 )
 
 // ExitError carries a specific exit code (exec passes the guest's through).
@@ -155,10 +156,11 @@ func Main(args []string) int {
 	var ee *ExitError
 	if errors.As(err, &ee) {
 		if ee.Err != nil {
-			fmt.Fprintln(os.Stderr, "mvmctl:", ee.Err)
+			fmt.Fprintln(os.Stderr, "mvmctl:", ui.Printable(ee.Err.Error()))
 		}
 		return ee.Code
 	}
-	fmt.Fprintln(os.Stderr, "mvmctl:", withRootHint(err))
+	// Errors can carry text from the guest: print it defanged.
+	fmt.Fprintln(os.Stderr, "mvmctl:", ui.Printable(withRootHint(err).Error()))
 	return 1
 }

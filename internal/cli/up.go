@@ -39,17 +39,13 @@ func newUpCmd(a *app) *cobra.Command {
 			if spec.Ports, err = vm.ParsePorts(publish); err != nil {
 				return err
 			}
-			mem, err := vm.ParseSize(memory)
-			if err != nil {
-				return fmt.Errorf("--memory: %w", err)
+			if spec.MemoryMiB, err = vm.ParseMiB("--memory", memory, vm.MinMemoryMiB); err != nil {
+				return err
 			}
-			spec.MemoryMiB = mem / vm.MiB
 			if dataDisk != "" {
-				d, err := vm.ParseSize(dataDisk)
-				if err != nil {
-					return fmt.Errorf("--data-disk: %w", err)
+				if spec.DataDiskMiB, err = vm.ParseMiB("--data-disk", dataDisk, vm.MinDataDiskMiB); err != nil {
+					return err
 				}
-				spec.DataDiskMiB = d / vm.MiB
 			}
 			rt, err := a.bareRuntime()
 			if err != nil {

@@ -35,6 +35,13 @@ const TokenFile = "agent-token"
 // MakeExt4 builds an ext4 image of sizeMiB at dst from the files in srcDir (may be
 // empty). Read-only drives get no journal: the guest could never replay it.
 func MakeExt4(ctx context.Context, dst, label string, sizeMiB int64, srcDir string, journal bool) error {
+	// Create the image 0600 first: mkfs would make it with the umask's mode, and these
+	// images hold config and secrets.
+	if f, err := os.OpenFile(dst, os.O_CREATE|os.O_WRONLY, 0o600); err == nil {
+		f.Close()
+	} else {
+		return err
+	}
 	args := []string{"-q", "-F", "-L", label, "-E", "root_owner=0:0"}
 	if !journal {
 		args = append(args, "-O", "^has_journal")

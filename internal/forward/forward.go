@@ -63,6 +63,8 @@ func Close(ls []Listener) {
 // Serve forwards connections until ctx ends, then closes the listeners and waits for
 // the connections in flight to finish.
 func Serve(ctx context.Context, ls []Listener, dial DialGuest, log *slog.Logger) {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
 	var wg sync.WaitGroup
 	go func() {
 		<-ctx.Done()

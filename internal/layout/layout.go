@@ -103,3 +103,17 @@ func (v VMDir) ControlSocket() string { return v.path("ctl.sock") }
 func (v VMDir) RuntimeFiles() []string {
 	return []string{v.AgentSocket(), v.ConsoleSocket(), v.ControlSocket(), v.Token(), v.Secrets(), v.Config(), v.Rootfs()}
 }
+
+// RemoveRuntimeFiles removes the runtime files and any staging directory a killed
+// mkfs left (they may hold a copy of the agent token).
+func (v VMDir) RemoveRuntimeFiles() {
+	for _, f := range v.RuntimeFiles() {
+		_ = os.Remove(f)
+	}
+	for _, pattern := range []string{".secrets-*", ".config-*"} {
+		matches, _ := filepath.Glob(filepath.Join(v.Dir, pattern))
+		for _, m := range matches {
+			_ = os.RemoveAll(m)
+		}
+	}
+}

@@ -4,6 +4,8 @@
 package network
 
 import (
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"net"
@@ -14,8 +16,19 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// DefaultBridge is the default network's bridge.
+// DefaultBridge is the default network's bridge for the default mvm root.
 const DefaultBridge = "mvmbr0"
+
+// BridgeFor names the default network's bridge of an mvm root: mvmbr0 for the
+// default root, and a name derived from the path for any other, so two roots on one
+// host never share a bridge (and their address allocations never collide).
+func BridgeFor(root, defaultRoot string) string {
+	if root == defaultRoot {
+		return DefaultBridge
+	}
+	sum := sha256.Sum256([]byte(root))
+	return "mvmbr" + hex.EncodeToString(sum[:4]) // 13 characters: within IFNAMSIZ
+}
 
 // DefaultCandidates are the subnets tried, in order, for the default network; the
 // first that overlaps no route or address of this host wins.

@@ -30,3 +30,13 @@ func TestMACFor(t *testing.T) {
 		t.Fatal(got)
 	}
 }
+
+func TestBridgeFor(t *testing.T) {
+	if BridgeFor("/var/lib/mvm", "/var/lib/mvm") != DefaultBridge {
+		t.Fatal("default root")
+	}
+	a, b := BridgeFor("/tmp/a", "/var/lib/mvm"), BridgeFor("/tmp/b", "/var/lib/mvm")
+	if a == b || len(a) > 15 || a == DefaultBridge {
+		t.Fatalf("%s %s", a, b)
+	}
+}

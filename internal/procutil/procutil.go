@@ -40,12 +40,25 @@ func Alive(pid int, start uint64) bool {
 	return pid > 0 && start != 0 && StartTime(pid) == start
 }
 
-// Kill sends sig to pid only if it is still the process that started at start.
+// Kill sends sig to pid only if it is still the process that started at start. A
+// pidfd pins the process between the identity check and the signal, so a PID that is
+// recycled in between is never hit.
 func Kill(pid int, start uint64, sig syscall.Signal) error {
-	if !Alive(pid, start) {
+	if pid <= 0 || start == 0 {
 		return nil
 	}
-	return syscall.Kill(pid, sig)
+	fd, err := unix.PidfdOpen(pid, 0)
+	if err != nil {
+		return nil // gone
+	}
+	defer unix.Close(fd)
+	if StartTime(pid) != start {
+		return nil // the PID belongs to another process now
+	}
+	if err := unix.PidfdSendSignal(fd, sig, nil, 0); err != nil && !errors.Is(err, unix.ESRCH) {
+		return fmt.Errorf("signal %d: %w", pid, err)
+	}
+	return nil
 }
 
 // WaitGone polls until the process is gone or the timeout passes.

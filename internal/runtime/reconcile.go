@@ -17,8 +17,11 @@ import (
 // probe per active VM) and runs before every command.
 func (r *Runtime) Reconcile() error {
 	recs, err := r.List(false)
-	if err != nil || len(recs) == 0 {
+	if err != nil {
 		return err
+	}
+	if err := r.sweepOrphanDirs(); err != nil {
+		r.Log.Debug("sweep VM directories", "err", err)
 	}
 	var dead []vm.Record
 	for _, rec := range recs {
@@ -52,9 +55,7 @@ func (r *Runtime) cleanupDead(rec vm.Record) {
 	if rec.TAP != "" {
 		_ = network.DeleteLink(rec.TAP)
 	}
-	for _, f := range r.Root.VM(rec.ID).RuntimeFiles() {
-		_ = os.Remove(f)
-	}
+	r.Root.VM(rec.ID).RemoveRuntimeFiles()
 	reason := "supervisor died; cleaned up by mvmctl"
 	if rec.State == vm.StateCreating {
 		reason = "mvmctl died while creating the VM; cleaned up"
@@ -65,4 +66,51 @@ func (r *Runtime) cleanupDead(rec vm.Record) {
 		return
 	}
 	r.Log.Warn("cleaned up a VM whose supervisor was gone", "vm", rec.Spec.Name)
+}
+
+// sweepOrphanDirs removes VM directories that no record points at and nobody owns:
+// what an `up` killed between making the directory and writing the record leaves.
+func (r *Runtime) sweepOrphanDirs() error {
+	entries, err := os.ReadDir(r.Root.VMs())
+	if err != nil {
+		if os.IsNotExist(err) {
+			return nil
+		}
+		return err
+	}
+	known := map[string]bool{}
+	err = r.Store.View(func(tx *store.Tx) error {
+		recs, err := tx.VMs()
+		for _, rec := range recs {
+			known[rec.ID] = true
+		}
+		return err
+	})
+	if err != nil {
+		return err
+	}
+	for _, e := range entries {
+		if !e.IsDir() || known[e.Name()] {
+			continue
+		}
+		dir := r.Root.VM(e.Name())
+		lock, err := procutil.TryLock(dir.Lock())
+		if err != nil {
+			continue // owned: an `up` in progress
+		}
+		// Check again under the lock: the record may have been written meanwhile.
+		var exists bool
+		_ = r.Store.View(func(tx *store.Tx) error {
+			recs, _ := tx.VMs()
+			for _, rec := range recs {
+				exists = exists || rec.ID == e.Name()
+			}
+			return nil
+		})
+		if !exists {
+			_ = os.RemoveAll(dir.Dir)
+		}
+		lock.Unlock()
+	}
+	return nil
 }

@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/mvm-dev/mvm/internal/forward"
+	"github.com/mvm-dev/mvm/internal/layout"
 	"github.com/mvm-dev/mvm/internal/network"
 	"github.com/mvm-dev/mvm/internal/procutil"
 	"github.com/mvm-dev/mvm/internal/store"
@@ -107,8 +108,9 @@ func (r *Runtime) Up(ctx context.Context, o UpOptions) (*Started, error) {
 		return nil, err
 	}
 	var hostPrefixes []netip.Prefix
+	bridge := network.BridgeFor(r.Root.Dir, layout.DefaultRoot)
 	if o.Spec.Network == vm.NetworkDefault {
-		if hostPrefixes, err = network.HostPrefixes(network.DefaultBridge); err != nil {
+		if hostPrefixes, err = network.HostPrefixes(bridge); err != nil {
 			return nil, err
 		}
 	}
@@ -144,7 +146,7 @@ func (r *Runtime) Up(ctx context.Context, o UpOptions) (*Started, error) {
 			return fmt.Errorf("a VM named %q already exists: pick another --name, or remove it with `mvmctl down %s`", rec.Spec.Name, rec.Spec.Name)
 		}
 		if rec.Spec.Network == vm.NetworkDefault {
-			n, err := ensureDefaultNetwork(tx, hostPrefixes)
+			n, err := ensureDefaultNetwork(tx, bridge, hostPrefixes)
 			if err != nil {
 				return err
 			}
@@ -174,7 +176,7 @@ func (r *Runtime) Up(ctx context.Context, o UpOptions) (*Started, error) {
 	return st, nil
 }
 
-func ensureDefaultNetwork(tx *store.Tx, hostPrefixes []netip.Prefix) (store.Network, error) {
+func ensureDefaultNetwork(tx *store.Tx, bridge string, hostPrefixes []netip.Prefix) (store.Network, error) {
 	n, err := tx.Network(vm.NetworkDefault)
 	if err == nil {
 		return n, nil
@@ -186,7 +188,7 @@ func ensureDefaultNetwork(tx *store.Tx, hostPrefixes []netip.Prefix) (store.Netw
 	if err != nil {
 		return n, err
 	}
-	n = store.Network{Name: vm.NetworkDefault, Bridge: network.DefaultBridge, Subnet: subnet,
+	n = store.Network{Name: vm.NetworkDefault, Bridge: bridge, Subnet: subnet,
 		Gateway: subnet.Addr().Next(), Created: time.Now().UTC()}
 	return n, tx.PutNetwork(n)
 }
@@ -294,11 +296,17 @@ func supervisorStop(ctl string, p *os.Process) error {
 }
 
 // discard removes a VM that failed to come up: once its supervisor has cleaned up,
-// the record and the directory go, so a failed `up` leaves nothing behind.
+// the record and the directory go, so a failed `up` leaves nothing behind. If the
+// supervisor still holds the VM after a while, the VM is left for reconcile (and
+// `down`): what a live owner holds is never released behind its back.
 func (r *Runtime) discard(rec vm.Record) {
 	dir := r.Root.VM(rec.ID)
 	deadline := time.Now().Add(30 * time.Second)
-	for procutil.Held(dir.Lock()) && time.Now().Before(deadline) {
+	for procutil.Held(dir.Lock()) {
+		if time.Now().After(deadline) {
+			r.Log.Warn("the VM's supervisor is still cleaning up; leaving it to `mvmctl down`", "vm", rec.Spec.Name)
+			return
+		}
 		time.Sleep(20 * time.Millisecond)
 	}
 	_ = r.Store.Update(func(tx *store.Tx) error {

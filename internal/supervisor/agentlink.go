@@ -88,6 +88,7 @@ func (l *agentLink) keep(stop <-chan struct{}) {
 		case <-stop:
 			return
 		}
+		s.Close() // wait until the dead session's writer is done with the port
 		l.log.Warn("agent link lost; re-linking")
 		backoff := 100 * time.Millisecond
 		for {

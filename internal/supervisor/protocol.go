@@ -34,6 +34,7 @@ type Status struct {
 type ControlRequest struct {
 	Op        string `json:"op"` // "stop", or "relink" (drop the agent link; for tests)
 	TimeoutMs int64  `json:"timeout_ms,omitempty"`
+	Immediate bool   `json:"immediate,omitempty"` // stop: no poweroff, stop the hypervisor now
 }
 
 // ControlResponse answers it.
@@ -73,6 +74,7 @@ func Request(ctx context.Context, ctlSocket string, req ControlRequest) error {
 
 // RequestStop asks a VM's supervisor to stop the VM: poweroff through the agent, then
 // a hard stop after timeout. It returns once the supervisor has accepted the request.
+// A timeout of 0 stops at once, without asking the guest.
 func RequestStop(ctx context.Context, ctlSocket string, timeout time.Duration) error {
-	return Request(ctx, ctlSocket, ControlRequest{Op: "stop", TimeoutMs: timeout.Milliseconds()})
+	return Request(ctx, ctlSocket, ControlRequest{Op: "stop", TimeoutMs: timeout.Milliseconds(), Immediate: timeout <= 0})
 }

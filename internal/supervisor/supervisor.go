@@ -209,7 +209,7 @@ func (s *supervisor) start(ctx context.Context) error {
 	}
 	hpid := s.inst.PID()
 	if err := s.update(func(r *vm.Record) error {
-		r.HypervisorPID, r.HypervisorStart = hpid, procutil.StartTime(hpid)
+		r.HypervisorPID, r.HypervisorStart = hpid, s.inst.StartTime()
 		r.StartedAt = time.Now().UTC()
 		r.Accel = s.accel.Name
 		return r.SetState(vm.StateStarting)
@@ -400,7 +400,10 @@ func (s *supervisor) serveControl(l net.Listener) {
 				s.link.reset()
 			} else {
 				t := time.Duration(req.TimeoutMs) * time.Millisecond
-				if t <= 0 {
+				switch {
+				case req.Immediate:
+					t = 0
+				case t <= 0:
 					t = DefaultStopTimeout
 				}
 				select {
@@ -418,6 +421,11 @@ func (s *supervisor) serveControl(l net.Listener) {
 // within timeout.
 func (s *supervisor) stop(timeout time.Duration, exited <-chan vmm.Exit) vmm.Exit {
 	_ = s.update(func(r *vm.Record) error { return r.SetState(vm.StateStopping) })
+	if timeout <= 0 {
+		_ = s.inst.Kill(context.Background())
+		ex := <-exited
+		return vmm.Exit{Code: ex.Code, Reason: "stopped (hard stop)"}
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), min(timeout, 5*time.Second))
 	err := s.agent.Poweroff(ctx)
 	cancel()
@@ -458,9 +466,7 @@ func (s *supervisor) teardown(reason string) {
 	if s.tap != nil {
 		s.tap.Close()
 	}
-	for _, f := range s.dir.RuntimeFiles() {
-		_ = os.Remove(f)
-	}
+	s.dir.RemoveRuntimeFiles()
 	err := s.st.Update(func(tx *store.Tx) error { return tx.MarkExited(s.o.Name, s.o.ID, reason, time.Now()) })
 	if err != nil {
 		s.o.Log.Error("record exit", "err", err)

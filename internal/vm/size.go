@@ -75,3 +75,19 @@ func FormatBytes(b int64) string {
 	}
 	return fmt.Sprintf("%dB", b)
 }
+
+// ParseMiB parses a size that must be a whole number of MiB and at least min MiB,
+// naming flag in errors.
+func ParseMiB(flag, s string, min int64) (int64, error) {
+	b, err := ParseSize(s)
+	if err != nil {
+		return 0, fmt.Errorf("%s: %w", flag, err)
+	}
+	if b%MiB != 0 {
+		return 0, fmt.Errorf("%s %s is not a whole number of MiB: use e.g. %dM", flag, s, (b+MiB-1)/MiB)
+	}
+	if b/MiB < min {
+		return 0, fmt.Errorf("%s %s is too small: use at least %s", flag, s, FormatMiB(min))
+	}
+	return b / MiB, nil
+}

@@ -21,6 +21,9 @@ const (
 // MinMemoryMiB is the smallest guest that boots the default image reliably.
 const MinMemoryMiB = 128
 
+// MinDataDiskMiB is the smallest data drive (an ext4 with a journal needs room).
+const MinDataDiskMiB = 8
+
 // Spec is what a user asks for with `mvmctl up`.
 type Spec struct {
 	Name        string     `json:"name"`
@@ -47,8 +50,8 @@ func (s Spec) Validate(hostCPUs int) error {
 	if s.MemoryMiB < MinMemoryMiB {
 		return fmt.Errorf("--memory %s is too small: use at least %dM", FormatMiB(s.MemoryMiB), MinMemoryMiB)
 	}
-	if s.DataDiskMiB < 0 || (s.DataDiskMiB > 0 && s.DataDiskMiB < 8) {
-		return fmt.Errorf("--data-disk %s is too small: use at least 8M", FormatMiB(s.DataDiskMiB))
+	if s.DataDiskMiB < 0 || (s.DataDiskMiB > 0 && s.DataDiskMiB < MinDataDiskMiB) {
+		return fmt.Errorf("--data-disk %s is too small: use at least %dM", FormatMiB(s.DataDiskMiB), MinDataDiskMiB)
 	}
 	switch s.Network {
 	case NetworkDefault, NetworkNone:

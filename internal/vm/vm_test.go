@@ -131,3 +131,20 @@ func TestTransitions(t *testing.T) {
 		t.Error("Active")
 	}
 }
+
+func TestParseMiB(t *testing.T) {
+	tests := []struct {
+		in   string
+		want int64
+		err  string
+	}{
+		{"512M", 512, ""}, {"1G", 1024, ""}, {"1.5G", 1536, ""},
+		{"512K", 0, "whole number of MiB"}, {"300.5M", 0, "whole number of MiB"}, {"0M", 0, "too small"}, {"4M", 0, "too small"},
+	}
+	for _, tc := range tests {
+		got, err := ParseMiB("--x", tc.in, 8)
+		if (tc.err == "") != (err == nil) || (err != nil && !strings.Contains(err.Error(), tc.err)) || got != tc.want {
+			t.Errorf("%q: %d %v", tc.in, got, err)
+		}
+	}
+}

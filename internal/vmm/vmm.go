@@ -48,6 +48,8 @@ type Exit struct {
 // Instance is a running hypervisor process.
 type Instance interface {
 	PID() int
+	// StartTime identifies the process together with its PID (see procutil).
+	StartTime() uint64
 	// Console is the guest's serial console: read output, write input.
 	Console() net.Conn
 	Agent() AgentChannel

@@ -18,14 +18,20 @@ import (
 )
 
 // DialHybrid connects to a hybrid-vsock Unix socket and asks for a guest port.
-func DialHybrid(ctx context.Context, socketPath string, port uint32) (net.Conn, error) {
+func DialHybrid(ctx context.Context, socketPath string, port uint32) (conn net.Conn, err error) {
 	var d net.Dialer
 	c, err := d.DialContext(ctx, "unix", socketPath)
 	if err != nil {
 		return nil, fmt.Errorf("connect to agent socket: %w", err)
 	}
 	stop := context.AfterFunc(ctx, func() { _ = c.SetDeadline(time.Unix(1, 0)) })
-	defer stop()
+	defer func() {
+		if !stop() && err == nil {
+			// ctx ended as we finished: the deadline may be poisoned, so fail now.
+			c.Close()
+			conn, err = nil, ctx.Err()
+		}
+	}()
 	if _, err := fmt.Fprintf(c, "CONNECT %d\n", port); err != nil {
 		c.Close()
 		return nil, fmt.Errorf("agent socket handshake: %w", err)

@@ -37,6 +37,8 @@ func ParseConnect(line string) (uint32, error) {
 
 // Serve accepts connections until ctx ends or the listener fails.
 func Serve(ctx context.Context, l net.Listener, open OpenFunc, log *slog.Logger) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel() // the watcher below ends with Serve, whoever closed the listener
 	go func() {
 		<-ctx.Done()
 		l.Close()

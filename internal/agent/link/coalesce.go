@@ -3,6 +3,7 @@ package link
 import (
 	"io"
 	"sync"
+	"time"
 )
 
 // coalescingWriter batches small writes into one write to the underlying port. yamux
@@ -71,6 +72,19 @@ func (c *coalescingWriter) flushLoop() {
 			c.mu.Unlock()
 			return
 		}
+	}
+}
+
+// closeAndWait closes and waits until the flusher has stopped writing, so nothing of
+// this writer follows on the port (a new session may start there). abort makes a
+// blocked write give up after timeout.
+func (c *coalescingWriter) closeAndWait(timeout time.Duration, abort func()) {
+	c.Close()
+	select {
+	case <-c.flushed:
+	case <-time.After(timeout):
+		abort()
+		<-c.flushed
 	}
 }
 

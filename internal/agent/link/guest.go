@@ -26,6 +26,9 @@ func Serve(ctx context.Context, port io.ReadWriter, version string, log *slog.Lo
 			return err
 		}
 		line, err := readLine(br)
+		if errors.Is(err, errLineTooLong) {
+			continue // stale bytes that happened to look like a marker
+		}
 		if err != nil {
 			return err
 		}

@@ -18,6 +18,7 @@ import (
 type Session struct {
 	mux          *yamux.Session
 	port         net.Conn
+	cw           *coalescingWriter
 	AgentVersion string
 }
 
@@ -100,7 +101,7 @@ func Dial(ctx context.Context, port net.Conn, opt DialOptions) (*Session, error)
 		<-mux.CloseChan()
 		cw.Close()
 	}()
-	return &Session{mux: mux, port: port, AgentVersion: version}, nil
+	return &Session{mux: mux, port: port, cw: cw, AgentVersion: version}, nil
 }
 
 func awaitAck(br *bufio.Reader, ours func(nonce string) bool) (string, error) {
@@ -156,5 +157,8 @@ func (s *Session) Close() error {
 	_ = s.port.SetReadDeadline(time.Unix(1, 0))
 	err := s.mux.Close()
 	_ = s.port.SetReadDeadline(time.Time{})
+	// Nothing of this session may reach the port after it: the next Dial writes there.
+	s.cw.closeAndWait(time.Second, func() { _ = s.port.SetWriteDeadline(time.Unix(1, 0)) })
+	_ = s.port.SetWriteDeadline(time.Time{})
 	return err
 }

@@ -84,8 +84,10 @@ func readLine(r *bufio.Reader) (string, error) {
 		}
 		sb.WriteByte(b)
 	}
-	return "", errors.New("link: sync line too long")
+	return "", errLineTooLong
 }
+
+var errLineTooLong = errors.New("link: sync line too long")
 
 // ParseSync parses the rest of a sync line (after the marker): the nonce.
 func ParseSync(line string) (string, error) {

@@ -34,7 +34,10 @@ const AgentPort = 1024
 const (
 	MaxControlPayload = 64 << 10
 	MaxDataPayload    = 1 << 20
-	headerLen         = 5
+	// MaxAuthPayload bounds the first frame of a connection, before the peer proved
+	// anything: an unauthenticated peer cannot make the agent allocate more.
+	MaxAuthPayload = 1 << 10
+	headerLen      = 5
 )
 
 // Type identifies a frame.
@@ -94,7 +97,11 @@ type Frame struct {
 
 // ReadFrame reads one frame, refusing unknown types and oversized payloads before
 // allocating for them.
-func ReadFrame(r io.Reader) (Frame, error) {
+func ReadFrame(r io.Reader) (Frame, error) { return ReadFrameLimit(r, 0) }
+
+// ReadFrameLimit is ReadFrame with a tighter size limit (0: the type's own), for
+// peers that have not authenticated yet.
+func ReadFrameLimit(r io.Reader, limit int) (Frame, error) {
 	var hdr [headerLen]byte
 	if _, err := io.ReadFull(r, hdr[:]); err != nil {
 		return Frame{}, err
@@ -104,8 +111,12 @@ func ReadFrame(r io.Reader) (Frame, error) {
 	if !t.known() {
 		return Frame{}, fmt.Errorf("unknown agent frame type %d", hdr[4])
 	}
-	if n > uint32(t.MaxPayload()) {
-		return Frame{}, fmt.Errorf("%w: %s frame of %d bytes (limit %d)", ErrFrameTooLarge, t, n, t.MaxPayload())
+	max := t.MaxPayload()
+	if limit > 0 && limit < max {
+		max = limit
+	}
+	if n > uint32(max) {
+		return Frame{}, fmt.Errorf("%w: %s frame of %d bytes (limit %d)", ErrFrameTooLarge, t, n, max)
 	}
 	p := make([]byte, n)
 	if _, err := io.ReadFull(r, p); err != nil {
@@ -135,11 +146,14 @@ type Conn struct {
 
 // NewConn wraps a stream.
 func NewConn(rw io.ReadWriter) *Conn {
-	return &Conn{rw: rw, r: bufio.NewReaderSize(rw, 64<<10)}
+	return &Conn{rw: rw, r: bufio.NewReaderSize(rw, 16<<10)}
 }
 
 // Read reads the next frame.
 func (c *Conn) Read() (Frame, error) { return ReadFrame(c.r) }
+
+// ReadLimit reads the next frame with a tighter size limit.
+func (c *Conn) ReadLimit(limit int) (Frame, error) { return ReadFrameLimit(c.r, limit) }
 
 // Raw returns the stream for use without frames (a forwarded connection after its
 // request was answered): reads first drain what the frame reader had buffered.

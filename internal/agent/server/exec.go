@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"io/fs"
 	"os"
 	"path/filepath"
@@ -61,8 +60,9 @@ func envValue(env []string, key string) string {
 	return ""
 }
 
-// LookPath resolves argv[0] against PATH and returns the exit code that a failure maps to.
-func LookPath(name string, env []string) (string, int, error) {
+// LookPath resolves argv[0] against PATH (relative names and PATH entries against
+// cwd) and returns the exit code that a failure maps to.
+func LookPath(name, cwd string, env []string) (string, int, error) {
 	check := func(p string) (int, error) {
 		st, err := os.Stat(p)
 		switch {
@@ -77,9 +77,15 @@ func LookPath(name string, env []string) (string, int, error) {
 		}
 		return 0, nil
 	}
+	abs := func(p string) string {
+		if filepath.IsAbs(p) {
+			return p
+		}
+		return filepath.Join(cwd, p)
+	}
 	if strings.Contains(name, "/") {
-		code, err := check(name)
-		return name, code, err
+		code, err := check(abs(name))
+		return abs(name), code, err
 	}
 	var firstErr error
 	firstCode := CodeNotFound
@@ -87,7 +93,7 @@ func LookPath(name string, env []string) (string, int, error) {
 		if dir == "" {
 			dir = "."
 		}
-		p := filepath.Join(dir, name)
+		p := abs(filepath.Join(dir, name))
 		code, err := check(p)
 		if err == nil {
 			return p, 0, nil
@@ -117,6 +123,24 @@ type execIO struct {
 	outputs []output    // read ends forwarded to the host
 	stdin   *os.File    // write end of the child's input, nil without -i
 	pty     *os.File    // the terminal's master side, for resizes
+
+	mu     sync.Mutex
+	reaped bool // once the process is reaped its PID (and group) may belong to another
+}
+
+// signal signals the process group, unless the process was reaped already.
+func (x *execIO) signal(pid int, sig unix.Signal) {
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	if !x.reaped {
+		_ = unix.Kill(-pid, sig)
+	}
+}
+
+func (x *execIO) markReaped() {
+	x.mu.Lock()
+	x.reaped = true
+	x.mu.Unlock()
 }
 
 type output struct {
@@ -216,17 +240,17 @@ func (s *Server) exec(ctx context.Context, pc *proto.Conn, req *proto.ExecReques
 		}
 		env = MergeEnv(MergeEnv(defaultEnv(), base), req.Env)
 	}
-	path, code, err := LookPath(req.Argv[0], env)
-	if err != nil {
-		fail(code, err.Error())
-		return
-	}
 	cwd := req.Cwd
 	if cwd == "" {
 		cwd = "/"
 	}
 	if st, err := os.Stat(cwd); err != nil || !st.IsDir() {
 		fail(CodeCannotRun, fmt.Sprintf("working directory %q does not exist", cwd))
+		return
+	}
+	path, code, err := LookPath(req.Argv[0], cwd, env)
+	if err != nil {
+		fail(code, err.Error())
 		return
 	}
 	var x *execIO
@@ -255,7 +279,7 @@ func (s *Server) exec(ctx context.Context, pc *proto.Conn, req *proto.ExecReques
 	defer proc.Release()
 	pid := proc.Pid
 	if err := pc.WriteJSON(proto.TResponse, proto.Response{OK: true, PID: pid}); err != nil {
-		_ = unix.Kill(-pid, unix.SIGKILL)
+		x.signal(pid, unix.SIGKILL)
 	}
 
 	var pumps sync.WaitGroup
@@ -290,25 +314,26 @@ func (s *Server) exec(ctx context.Context, pc *proto.Conn, req *proto.ExecReques
 	}
 	timedOut := false
 	var ws unix.WaitStatus
+	var hangupKill <-chan time.Time
 wait:
 	for {
 		select {
 		case ws = <-waitCh:
+			x.markReaped()
 			break wait
 		case <-timeout:
 			timedOut = true
 			timeout = nil
-			_ = unix.Kill(-pid, unix.SIGKILL)
+			x.signal(pid, unix.SIGKILL)
 		case <-hostGone:
 			hostGone = nil
 			// Like a hung-up terminal: ask the group to stop, then make sure.
-			_ = unix.Kill(-pid, unix.SIGHUP)
-			go func() {
-				time.Sleep(2 * time.Second)
-				_ = unix.Kill(-pid, unix.SIGKILL)
-			}()
+			x.signal(pid, unix.SIGHUP)
+			hangupKill = time.After(2 * time.Second)
+		case <-hangupKill:
+			x.signal(pid, unix.SIGKILL)
 		case <-ctx.Done():
-			_ = unix.Kill(-pid, unix.SIGKILL)
+			x.signal(pid, unix.SIGKILL)
 		}
 	}
 
@@ -359,9 +384,9 @@ func (s *Server) readHostFrames(pc *proto.Conn, pid int, x *execIO, hostGone cha
 	for {
 		f, err := pc.Read()
 		if err != nil {
-			if !errors.Is(err, io.EOF) {
-				close(hostGone)
-			}
+			// EOF included: the host ends input with TStdinEOF, so a closed stream
+			// means mvmctl is gone (killed, or its terminal dropped).
+			close(hostGone)
 			return
 		}
 		switch f.Type {
@@ -376,7 +401,7 @@ func (s *Server) readHostFrames(pc *proto.Conn, pid int, x *execIO, hostGone cha
 		case proto.TSignal:
 			var sig proto.Signal
 			if proto.Decode(f, proto.TSignal, &sig) == nil && sig.Signal > 0 && sig.Signal < 65 {
-				_ = unix.Kill(-pid, unix.Signal(sig.Signal))
+				x.signal(pid, unix.Signal(sig.Signal))
 			}
 		case proto.TResize:
 			var rs proto.Resize

@@ -34,9 +34,14 @@ type Server struct {
 	// HandshakeTimeout bounds how long an unauthenticated peer may hold a connection.
 	HandshakeTimeout time.Duration
 
-	guardOnce sync.Once
-	guard     *proto.ReplayGuard
+	initOnce   sync.Once
+	guard      *proto.ReplayGuard
+	handshakes chan struct{} // bounds connections that have not authenticated yet
 }
+
+// maxHandshakes is how many connections may be authenticating at once; beyond it new
+// ones are closed, so unauthenticated peers cannot pile up memory in the guest.
+const maxHandshakes = 16
 
 // Capabilities this agent offers, reported in AuthOK.
 var capabilities = []string{"exec", "exec.stdin", "exec.timeout", "exec.signal", "exec.tty", "exec.user",
@@ -45,8 +50,19 @@ var capabilities = []string{"exec", "exec.stdin", "exec.timeout", "exec.signal",
 // Serve handles one connection to the end.
 func (s *Server) Serve(ctx context.Context, c net.Conn) {
 	defer c.Close()
+	s.initOnce.Do(func() {
+		s.guard = proto.NewReplayGuard(4096)
+		s.handshakes = make(chan struct{}, maxHandshakes)
+	})
+	select {
+	case s.handshakes <- struct{}{}:
+	default:
+		s.Log.Warn("agent connection refused: too many unauthenticated connections")
+		return
+	}
 	pc := proto.NewConn(c)
 	req, err := s.handshake(c, pc)
+	<-s.handshakes
 	if err != nil {
 		if !errors.Is(err, io.EOF) {
 			s.Log.Warn("agent connection refused", "err", err)
@@ -58,10 +74,9 @@ func (s *Server) Serve(ctx context.Context, c net.Conn) {
 
 // handshake authenticates the host (see proto/auth.go) and returns its request.
 func (s *Server) handshake(c net.Conn, pc *proto.Conn) (proto.Request, error) {
-	s.guardOnce.Do(func() { s.guard = proto.NewReplayGuard(4096) })
 	timeout := s.HandshakeTimeout
 	if timeout == 0 {
-		timeout = 30 * time.Second
+		timeout = 10 * time.Second
 	}
 	_ = c.SetDeadline(time.Now().Add(timeout))
 	defer c.SetDeadline(time.Time{})
@@ -70,7 +85,11 @@ func (s *Server) handshake(c net.Conn, pc *proto.Conn) (proto.Request, error) {
 		return proto.Request{}, err
 	}
 	var a proto.Auth
-	if err := pc.Expect(proto.TAuth, &a); err != nil {
+	af, err := pc.ReadLimit(proto.MaxAuthPayload)
+	if err == nil {
+		err = proto.Decode(af, proto.TAuth, &a)
+	}
+	if err != nil {
 		if errors.Is(err, io.EOF) {
 			return proto.Request{}, err
 		}
@@ -80,7 +99,7 @@ func (s *Server) handshake(c net.Conn, pc *proto.Conn) (proto.Request, error) {
 		return refuse(proto.ErrCodeProtocol, fmt.Sprintf("protocol version %d not supported (agent speaks %d)", a.Proto, proto.Version),
 			fmt.Errorf("host protocol %d", a.Proto))
 	}
-	rf, err := pc.Read()
+	rf, err := pc.ReadLimit(proto.MaxControlPayload)
 	if err != nil {
 		return proto.Request{}, fmt.Errorf("read request: %w", err)
 	}
@@ -100,7 +119,11 @@ func (s *Server) handshake(c net.Conn, pc *proto.Conn) (proto.Request, error) {
 			return proto.Request{}, err
 		}
 		var a2 proto.Auth
-		if err := pc.Expect(proto.TAuth, &a2); err != nil {
+		af, err := pc.ReadLimit(proto.MaxAuthPayload)
+		if err == nil {
+			err = proto.Decode(af, proto.TAuth, &a2)
+		}
+		if err != nil {
 			return proto.Request{}, fmt.Errorf("read challenge answer: %w", err)
 		}
 		if !bytes.Equal(a2.Challenge, challenge) || !bytes.Equal(a2.Nonce, a.Nonce) ||

@@ -15,7 +15,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
-	"sort"
 	"strings"
 )
 
@@ -32,8 +31,21 @@ type Package struct {
 
 var kernelDebRE = regexp.MustCompile(`^(linux-image-[0-9][^_]*-cloud-amd64)_([^_]+)_amd64\.deb$`)
 
-// Cached returns the newest kernel .deb already in dir, if any.
+// currentFile names the .deb the last successful fetch chose. File names do not sort
+// by version (6.1.0-9 after 6.1.0-10), so the choice is recorded rather than guessed.
+const currentFile = "current"
+
+// Cached returns the kernel .deb the last fetch chose, if it is still there (else the
+// only one there is).
 func Cached(dir string) (Package, bool) {
+	if b, err := os.ReadFile(filepath.Join(dir, currentFile)); err == nil {
+		name := strings.TrimSpace(string(b))
+		if m := kernelDebRE.FindStringSubmatch(name); m != nil {
+			if _, err := os.Stat(filepath.Join(dir, name)); err == nil {
+				return Package{Name: m[1], Version: m[2], Deb: filepath.Join(dir, name)}, true
+			}
+		}
+	}
 	entries, _ := os.ReadDir(dir)
 	var found []Package
 	for _, e := range entries {
@@ -46,8 +58,10 @@ func Cached(dir string) (Package, bool) {
 	if len(found) == 0 {
 		return Package{}, false
 	}
-	sort.Slice(found, func(i, j int) bool { return found[i].Deb < found[j].Deb })
-	return found[len(found)-1], true
+	if len(found) > 1 {
+		return Package{}, false // ambiguous: fetch again to choose
+	}
+	return found[0], true
 }
 
 // Fetch makes sure a cloud kernel .deb is in dir, downloading it with `apt-get download`
@@ -68,9 +82,16 @@ func Fetch(ctx context.Context, dir string, refresh bool) (Package, error) {
 	if out, err := cmd.CombinedOutput(); err != nil {
 		return Package{}, fmt.Errorf("apt-get download %s: %w: %s\nfix: check that Debian's package mirror is reachable and run `apt-get update`", name, err, lastLines(out, 3))
 	}
+	matches, _ := filepath.Glob(filepath.Join(dir, name+"_*_amd64.deb"))
+	if len(matches) != 1 {
+		return Package{}, fmt.Errorf("apt-get download %s left %d matching .debs in %s", name, len(matches), dir)
+	}
+	if err := os.WriteFile(filepath.Join(dir, currentFile), []byte(filepath.Base(matches[0])+"\n"), 0o644); err != nil {
+		return Package{}, err
+	}
 	p, ok := Cached(dir)
 	if !ok {
-		return Package{}, fmt.Errorf("apt-get download %s left no .deb in %s", name, dir)
+		return Package{}, fmt.Errorf("apt-get download %s left no usable .deb in %s", name, dir)
 	}
 	return withSum(p)
 }

@@ -14,6 +14,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/mvm-dev/mvm/internal/procutil"
 	"github.com/mvm-dev/mvm/internal/vmm"
 )
 
@@ -62,14 +63,16 @@ func socketPair() (*os.File, net.Conn, error) {
 }
 
 type instance struct {
-	cmd     *exec.Cmd
-	qmp     *QMP
-	console net.Conn
-	agent   net.Conn
-	exited  chan struct{}
-	exit    vmm.Exit
-	mu      sync.Mutex
-	reason  string
+	cmd        *exec.Cmd
+	qmp        *QMP
+	console    net.Conn
+	agent      net.Conn
+	startTime  uint64
+	exited     chan struct{}
+	eventsDone chan struct{} // closed when the QMP event stream has ended
+	exit       vmm.Exit
+	mu         sync.Mutex
+	reason     string
 }
 
 // Start launches QEMU. Its control, console and agent channels are socketpairs made
@@ -108,7 +111,7 @@ func (b *Backend) Start(ctx context.Context, cfg vmm.Config) (vmm.Instance, erro
 	cmd.Stderr = cfg.Stderr
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 
-	inst := &instance{cmd: cmd, console: ours[1], agent: ours[2], exited: make(chan struct{})}
+	inst := &instance{cmd: cmd, console: ours[1], agent: ours[2], exited: make(chan struct{}), eventsDone: make(chan struct{})}
 	started := make(chan error, 1)
 	go func() {
 		// PDEATHSIG fires when the thread that forked exits, not the process, so the
@@ -118,8 +121,15 @@ func (b *Backend) Start(ctx context.Context, cfg vmm.Config) (vmm.Instance, erro
 			started <- err
 			return
 		}
+		// Read the identity before anyone can reap the process.
+		inst.startTime = procutil.StartTime(cmd.Process.Pid)
 		started <- nil
 		err := cmd.Wait()
+		// QEMU's last words (the SHUTDOWN event and its reason) may still be in flight.
+		select {
+		case <-inst.eventsDone:
+		case <-time.After(time.Second):
+		}
 		inst.setExit(err)
 		close(inst.exited)
 	}()
@@ -134,7 +144,11 @@ func (b *Backend) Start(ctx context.Context, cfg vmm.Config) (vmm.Instance, erro
 	defer cancel()
 	q, err := DialQMP(qctx, ours[0])
 	if err != nil {
+		close(inst.eventsDone)
 		_ = inst.Kill(context.Background())
+		for _, c := range ours {
+			c.Close()
+		}
 		return nil, fmt.Errorf("%s did not start: %w", Binary, err)
 	}
 	inst.qmp = q
@@ -143,6 +157,7 @@ func (b *Backend) Start(ctx context.Context, cfg vmm.Config) (vmm.Instance, erro
 }
 
 func (i *instance) watchEvents() {
+	defer close(i.eventsDone)
 	for ev := range i.qmp.Events() {
 		if ev.Name != "SHUTDOWN" {
 			continue
@@ -198,6 +213,7 @@ func (i *instance) setExit(err error) {
 }
 
 func (i *instance) PID() int          { return i.cmd.Process.Pid }
+func (i *instance) StartTime() uint64 { return i.startTime }
 func (i *instance) Console() net.Conn { return i.console }
 func (i *instance) Agent() vmm.AgentChannel {
 	return vmm.AgentChannel{Serial: i.agent}
