@@ -18,7 +18,7 @@ import (
 // anything else is a regular file with that content.
 type tree map[string]string
 
-func writeTree(t *testing.T, dir string, spec tree) {
+func writeTree(t testing.TB, dir string, spec tree) {
 	t.Helper()
 	for name, val := range spec {
 		p := filepath.Join(dir, filepath.FromSlash(name))
@@ -44,7 +44,7 @@ func writeTree(t *testing.T, dir string, spec tree) {
 }
 
 // readTree returns the spec of everything below dir, never following links.
-func readTree(t *testing.T, dir string) tree {
+func readTree(t testing.TB, dir string) tree {
 	t.Helper()
 	got := tree{}
 	err := filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {

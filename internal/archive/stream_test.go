@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/sha256"
+	"hash/crc64"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -35,7 +36,7 @@ func receive(ctx context.Context, r io.Reader, dest string, info SourceInfo) (Re
 	if err != nil {
 		return res, err
 	}
-	sum := make([]byte, sha256.Size)
+	sum := make([]byte, crc64.Size)
 	var n int64
 	if _, err := io.ReadFull(r, sum); err != nil {
 		return res, fmt.Errorf("read trailer: %w", err)
@@ -105,7 +106,7 @@ func TestHashDetectsDamage(t *testing.T) {
 		t.Fatal(err)
 	}
 	good := buf.Bytes()
-	trailer := len(good) - sha256.Size - 8
+	trailer := len(good) - crc64.Size - 8
 	for _, tc := range []struct {
 		name   string
 		stream func() []byte

@@ -247,6 +247,11 @@ func (u *unpacker) entry(hdr *tar.Header, r io.Reader) error {
 		return fmt.Errorf("cannot overwrite non-directory %q with directory %q", name, hdr.Name)
 	}
 	mode := hdr.FileInfo().Mode() & (fs.ModePerm | fs.ModeSetuid | fs.ModeSetgid | fs.ModeSticky)
+	if !u.opts.Chown {
+		// The files become the receiver's own: a sender must not be able to hand it
+		// setuid or setgid programs (mvmctl runs as root when it copies out of a VM).
+		mode &^= fs.ModeSetuid | fs.ModeSetgid
+	}
 	switch hdr.Typeflag {
 	case tar.TypeDir:
 		err = u.dir(name, existing != nil, hdr, mode)
