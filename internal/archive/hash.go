@@ -2,10 +2,10 @@ package archive
 
 import (
 	"bytes"
-	"hash/crc64"
 	"errors"
 	"fmt"
 	"hash"
+	"hash/crc64"
 	"io"
 )
 
