@@ -441,3 +441,46 @@ func TestUnauthenticatedLimits(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// TestCopyRoundTrip copies a tree into the "guest" and back out through the agent and
+// compares: contents, modes, symlinks.
+func TestCopyRoundTrip(t *testing.T) {
+	sock, _ := stack(t, goodToken)
+	cl := client.NewHybrid(sock, goodToken)
+	ctx := context.Background()
+	src := filepath.Join(t.TempDir(), "tree")
+	os.MkdirAll(filepath.Join(src, "sub"), 0o750)
+	os.WriteFile(filepath.Join(src, "a.txt"), []byte("alpha"), 0o640)
+	big := make([]byte, 3<<20+17)
+	for i := range big {
+		big[i] = byte(i * 31)
+	}
+	os.WriteFile(filepath.Join(src, "sub", "big.bin"), big, 0o600)
+	os.Symlink("../a.txt", filepath.Join(src, "sub", "link"))
+	guest := t.TempDir()
+	res, err := cl.CopyIn(ctx, src, guest)
+	if err != nil || res.Entries != 5 {
+		t.Fatalf("copy in: %+v %v", res, err)
+	}
+	back := t.TempDir()
+	if _, err := cl.CopyOut(ctx, filepath.Join(guest, "tree"), back); err != nil {
+		t.Fatal(err)
+	}
+	got, _ := os.ReadFile(filepath.Join(back, "tree", "sub", "big.bin"))
+	if !bytes.Equal(got, big) {
+		t.Fatal("big file differs after the round trip")
+	}
+	if l, _ := os.Readlink(filepath.Join(back, "tree", "sub", "link")); l != "../a.txt" {
+		t.Fatalf("link %q", l)
+	}
+	if st, _ := os.Stat(filepath.Join(back, "tree", "a.txt")); st.Mode().Perm() != 0o640 {
+		t.Fatalf("mode %v", st.Mode())
+	}
+	// Errors name the problem.
+	if _, err := cl.CopyOut(ctx, "/no/such/path", back); err == nil || !strings.Contains(err.Error(), "does not exist") {
+		t.Fatalf("missing source: %v", err)
+	}
+	if _, err := cl.CopyIn(ctx, filepath.Join(src, "a.txt"), "/no/such/dir/x"); err == nil || !strings.Contains(err.Error(), "does not exist") {
+		t.Fatalf("missing parent: %v", err)
+	}
+}

@@ -7,7 +7,6 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
-	"hash/crc64"
 	"io"
 	"math/rand/v2"
 	"os"
@@ -36,7 +35,7 @@ func receive(ctx context.Context, r io.Reader, dest string, info SourceInfo) (Re
 	if err != nil {
 		return res, err
 	}
-	sum := make([]byte, crc64.Size)
+	sum := make([]byte, 8)
 	var n int64
 	if _, err := io.ReadFull(r, sum); err != nil {
 		return res, fmt.Errorf("read trailer: %w", err)
@@ -106,7 +105,7 @@ func TestHashDetectsDamage(t *testing.T) {
 		t.Fatal(err)
 	}
 	good := buf.Bytes()
-	trailer := len(good) - crc64.Size - 8
+	trailer := len(good) - 8 - 8
 	for _, tc := range []struct {
 		name   string
 		stream func() []byte

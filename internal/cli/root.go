@@ -137,7 +137,7 @@ Start with:
 	root.PersistentFlags().BoolVar(&a.debug, "debug", false, "log debug details to stderr")
 	root.AddCommand(
 		newBootstrapCmd(a), newUpCmd(a), newExecCmd(a), newLsCmd(a), newLogsCmd(a), newConsoleCmd(a),
-		newDownCmd(a), newForwardCmd(a), newInspectCmd(a), newImageCmd(a), newDoctorCmd(a), newVersionCmd(a),
+		newDownCmd(a), newCpCmd(a), newForwardCmd(a), newInspectCmd(a), newImageCmd(a), newDoctorCmd(a), newVersionCmd(a),
 		newBenchCmd(a), newSuperviseCmd(a),
 	)
 	return root

@@ -102,9 +102,10 @@ func (c *Copy) Validate(op string) error {
 
 // Done ends a copied stream: the sender's byte count and SHA-256 of the tar stream.
 type Done struct {
-	Bytes  int64  `json:"bytes"`
-	SHA256 []byte `json:"sha256"`
-	Error  string `json:"error,omitempty"` // the sender failed part way
+	Bytes  int64       `json:"bytes"`
+	Digest []byte      `json:"digest"`          // XXH64 of the stream (see internal/archive)
+	Error  string      `json:"error,omitempty"` // the sender failed part way
+	Result *CopyResult `json:"result,omitempty"`
 }
 
 // CopyResult answers a copy_in once everything is written.
@@ -189,11 +190,13 @@ type SetTime struct {
 // Response answers a Request. For exec it says the process started (or why not);
 // output and the exit status follow in later frames.
 type Response struct {
-	OK    bool       `json:"ok"`
-	Error string     `json:"error,omitempty"`
-	Code  int        `json:"code,omitempty"` // exec: exit code to report when the start failed (126, 127)
-	PID   int        `json:"pid,omitempty"`
-	Info  *AgentInfo `json:"info,omitempty"`
+	OK     bool        `json:"ok"`
+	Error  string      `json:"error,omitempty"`
+	Code   int         `json:"code,omitempty"` // exec: exit code to report when the start failed (126, 127)
+	PID    int         `json:"pid,omitempty"`
+	Info   *AgentInfo  `json:"info,omitempty"`
+	Source *CopySource `json:"source,omitempty"` // copy_out: what the agent is about to send
+	Result *CopyResult `json:"result,omitempty"` // copy_in: what was written
 }
 
 // AgentInfo describes the running agent and guest. Ping fills the first fields;

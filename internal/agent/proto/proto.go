@@ -191,6 +191,21 @@ func (c *Conn) WriteData(t Type, p []byte) error {
 	return nil
 }
 
+// DataWriter returns an io.Writer whose writes become data frames of type t.
+func (c *Conn) DataWriter(t Type) io.Writer { return dataWriter{c, t} }
+
+type dataWriter struct {
+	c *Conn
+	t Type
+}
+
+func (w dataWriter) Write(p []byte) (int, error) {
+	if err := w.c.WriteData(w.t, p); err != nil {
+		return 0, err
+	}
+	return len(p), nil
+}
+
 // WriteEmpty writes a frame without payload, such as TStdinEOF.
 func (c *Conn) WriteEmpty(t Type) error { return c.writeFrame(t, nil) }
 

@@ -152,6 +152,16 @@ func (s *Server) dispatch(ctx context.Context, c net.Conn, pc *proto.Conn, req *
 		details(&info)
 		info.Capabilities = capabilities
 		_ = pc.WriteJSON(proto.TResponse, proto.Response{OK: true, Info: &info})
+	case proto.OpCopyOut, proto.OpCopyIn:
+		if req.Copy == nil || req.Copy.Validate(req.Op) != nil {
+			s.badRequest(pc, "copy: missing or bad path")
+			return
+		}
+		if req.Op == proto.OpCopyOut {
+			s.copyOut(ctx, pc, req.Copy)
+		} else {
+			s.copyIn(ctx, pc, req.Copy)
+		}
 	case proto.OpConnect:
 		if req.Connect == nil || req.Connect.Validate() != nil {
 			s.badRequest(pc, "connect: missing or bad port")
