@@ -154,83 +154,143 @@ func mvmctlUp(ctx context.Context, o BootOptions, name, network string) (time.Du
 }
 
 // handBoot starts QEMU directly with the same kernel, initramfs, drives and
-// arguments mvm would use, and no mvm process in between.
+// arguments mvm would use, and no mvm process in between, and returns the time from
+// exec to the agent's first authenticated answer.
 func handBoot(ctx context.Context, root layout.Root, img image.Image, accel qemu.Accel) (time.Duration, error) {
-	dir, err := os.MkdirTemp(root.Dir, ".bench-")
+	h, err := startHandVM(ctx, root, img, accel, handVMOptions{MemoryMiB: 512})
 	if err != nil {
 		return 0, err
 	}
-	defer os.RemoveAll(dir)
+	defer h.Close()
+	return h.Ready, nil
+}
+
+type handVMOptions struct {
+	MemoryMiB  int64
+	ExtraPorts []string
+	// Prepare may change the VM's private rootfs copy before boot.
+	Prepare func(rootfs string) error
+}
+
+// handVM is a VM started without mvm's supervisor: the baseline of the benchmarks.
+type handVM struct {
+	Ready   time.Duration // exec to the first authenticated answer
+	Agent   *client.Client
+	Console net.Conn
+	Ports   []net.Conn // one per ExtraPorts, in order
+	dir     string
+	cmd     *exec.Cmd
+	sess    *link.Session
+	conns   []net.Conn
+}
+
+func startHandVM(ctx context.Context, root layout.Root, img image.Image, accel qemu.Accel, o handVMOptions) (*handVM, error) {
+	dir, err := os.MkdirTemp(root.Dir, ".bench-")
+	if err != nil {
+		return nil, err
+	}
+	h := &handVM{dir: dir}
+	fail := func(err error) (*handVM, error) {
+		h.Close()
+		return nil, err
+	}
 	raw := make([]byte, 32)
 	_, _ = rand.Read(raw)
 	token := []byte(hex.EncodeToString(raw))
 	rootfs, cfg, sec := filepath.Join(dir, "rootfs.ext4"), filepath.Join(dir, "config.ext4"), filepath.Join(dir, "secrets.ext4")
 	if err := drive.CopySparse(img.Path(image.FileRootfs), rootfs); err != nil {
-		return 0, err
+		return fail(err)
+	}
+	if o.Prepare != nil {
+		if err := o.Prepare(rootfs); err != nil {
+			return fail(err)
+		}
 	}
 	if err := drive.MakeConfig(ctx, cfg, drive.ConfigData{Name: "bench", Hostname: "bench"}); err != nil {
-		return 0, err
+		return fail(err)
 	}
 	if err := drive.MakeSecrets(ctx, sec, token); err != nil {
-		return 0, err
+		return fail(err)
 	}
 	rec := vm.Record{Spec: vm.Spec{Name: "bench"}}
-	cfgQ := vmm.Config{Name: "bench", CPUs: 1, MemoryMiB: 512, Kernel: img.Path(image.FileKernel), Initrd: img.Path(image.FileInitrd),
-		KernelArgs: supervisor.ContractArgs(rec),
-		Drives:     []vmm.Drive{{ID: "vda", Path: rootfs}, {ID: "vdb", Path: cfg, ReadOnly: true}, {ID: "vdc", Path: sec, ReadOnly: true}}}
+	cfgQ := vmm.Config{Name: "bench", CPUs: 1, MemoryMiB: o.MemoryMiB, Kernel: img.Path(image.FileKernel), Initrd: img.Path(image.FileInitrd),
+		KernelArgs: supervisor.ContractArgs(rec), ExtraPorts: o.ExtraPorts,
+		Drives: []vmm.Drive{{ID: "vda", Path: rootfs}, {ID: "vdb", Path: cfg, ReadOnly: true}, {ID: "vdc", Path: sec, ReadOnly: true}}}
 	var theirs []*os.File
-	var ours []net.Conn
-	for i := 0; i < 3; i++ {
+	defer func() {
+		for _, f := range theirs {
+			f.Close()
+		}
+	}()
+	for i := 0; i < 3+len(o.ExtraPorts); i++ {
 		fds, err := syscall.Socketpair(syscall.AF_UNIX, syscall.SOCK_STREAM|syscall.SOCK_CLOEXEC, 0)
 		if err != nil {
-			return 0, err
+			return fail(err)
 		}
 		theirs = append(theirs, os.NewFile(uintptr(fds[0]), "q"))
 		f := os.NewFile(uintptr(fds[1]), "o")
 		c, err := net.FileConn(f)
 		f.Close()
 		if err != nil {
-			return 0, err
+			return fail(err)
 		}
-		defer c.Close()
-		ours = append(ours, c)
+		h.conns = append(h.conns, c)
 	}
-	cmd := exec.Command(qemu.Binary, qemu.Args(cfgQ, accel, qemu.Fds{QMP: 3, Console: 4, Agent: 5, TAP: -1})...)
-	cmd.ExtraFiles = theirs
-	// Dies with the benchmark (the fork thread is the one that runs this function and
-	// waits for QEMU below).
-	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-	runtime.LockOSThread()
-	defer runtime.UnlockOSThread()
+	fds := qemu.Fds{QMP: 3, Console: 4, Agent: 5, TAP: -1}
+	for i := range o.ExtraPorts {
+		fds.Extra = append(fds.Extra, 6+i)
+	}
+	h.cmd = exec.Command(qemu.Binary, qemu.Args(cfgQ, accel, fds)...)
+	h.cmd.ExtraFiles = theirs
+	// Dies with the benchmark. PDEATHSIG follows the forking thread, so fork from one
+	// that lives as long as the process (the main thread is locked by the runtime).
+	h.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	start := time.Now()
-	if err := cmd.Start(); err != nil {
-		return 0, err
-	}
-	for _, f := range theirs {
-		f.Close()
-	}
-	defer func() {
-		_ = cmd.Process.Kill()
-		_ = cmd.Wait()
+	started := make(chan error, 1)
+	go func() {
+		runtime.LockOSThread() // never unlocked: the thread ends with this goroutine, after QEMU
+		if err := h.cmd.Start(); err != nil {
+			started <- err
+			return
+		}
+		started <- nil
+		_ = h.cmd.Wait()
 	}()
+	if err := <-started; err != nil {
+		return fail(err)
+	}
+	h.Console, h.Ports = h.conns[1], h.conns[3:]
 	go func() { // drain the console so the guest never blocks on it
 		buf := make([]byte, 4096)
 		for {
-			if _, err := ours[1].Read(buf); err != nil {
+			if _, err := h.Console.Read(buf); err != nil {
 				return
 			}
 		}
 	}()
 	bctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
 	defer cancel()
-	sess, err := link.Dial(bctx, ours[2], link.DialOptions{})
-	if err != nil {
-		return 0, err
+	if h.sess, err = link.Dial(bctx, h.conns[2], link.DialOptions{}); err != nil {
+		return fail(err)
 	}
-	defer sess.Close()
-	cl := client.New(func(ctx context.Context) (net.Conn, error) { return sess.Open(ctx) }, token)
-	if _, err := cl.Ping(bctx); err != nil {
-		return 0, err
+	h.Agent = client.New(func(ctx context.Context) (net.Conn, error) { return h.sess.Open(ctx) }, token)
+	if _, err := h.Agent.Ping(bctx); err != nil {
+		return fail(err)
 	}
-	return time.Since(start), nil
+	h.Ready = time.Since(start)
+	return h, nil
+}
+
+// Close stops QEMU and removes the VM's files.
+func (h *handVM) Close() {
+	if h.sess != nil {
+		h.sess.Close()
+	}
+	if h.cmd != nil && h.cmd.Process != nil {
+		_ = h.cmd.Process.Kill()
+	}
+	for _, c := range h.conns {
+		c.Close()
+	}
+	_ = os.RemoveAll(h.dir)
 }

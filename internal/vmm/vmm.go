@@ -28,6 +28,9 @@ type Config struct {
 	Drives     []Drive
 	TAP        *os.File // nil: no NIC
 	MAC        string
+	// ExtraPorts are further virtio-serial ports by name (benchmarks use them for a
+	// raw channel and QEMU's own guest agent); the backend exposes each as a stream.
+	ExtraPorts []string
 	// Stderr receives the hypervisor's own diagnostics.
 	Stderr io.Writer
 }

@@ -9,7 +9,8 @@ import (
 
 // Fds are the file descriptor numbers QEMU inherits.
 type Fds struct {
-	QMP, Console, Agent, TAP int // TAP < 0: no NIC
+	QMP, Console, Agent, TAP int   // TAP < 0: no NIC
+	Extra                    []int // one per Config.ExtraPorts
 }
 
 // AgentPortName is the virtio-serial port the agent opens.
@@ -61,12 +62,15 @@ func Args(cfg vmm.Config, accel Accel, fds Fds) []string {
 			"-device", "virtio-net-device,netdev=n0,mac="+cfg.MAC)
 	}
 	a = append(a,
-		"-device", "virtio-serial-device,max_ports=2",
+		"-device", fmt.Sprintf("virtio-serial-device,max_ports=%d", 2+len(cfg.ExtraPorts)),
 		"-chardev", fmt.Sprintf("socket,id=agent,fd=%d", fds.Agent),
 		"-device", "virtserialport,chardev=agent,name="+AgentPortName,
-		"-device", "virtio-rng-device",
 	)
-	return a
+	for i, name := range cfg.ExtraPorts {
+		a = append(a, "-chardev", fmt.Sprintf("socket,id=port%d,fd=%d", i, fds.Extra[i]),
+			"-device", fmt.Sprintf("virtserialport,chardev=port%d,name=%s", i, name))
+	}
+	return append(a, "-device", "virtio-rng-device")
 }
 
 // escape doubles commas, QEMU's option separator, in a path.
