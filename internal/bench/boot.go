@@ -7,6 +7,7 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"fmt"
+	"log/slog"
 	"net"
 	"os"
 	"os/exec"
@@ -17,6 +18,7 @@ import (
 	"time"
 
 	"github.com/mvm-dev/mvm/internal/agent/client"
+	"github.com/mvm-dev/mvm/internal/agent/hybrid"
 	"github.com/mvm-dev/mvm/internal/agent/link"
 	"github.com/mvm-dev/mvm/internal/drive"
 	"github.com/mvm-dev/mvm/internal/image"
@@ -174,14 +176,15 @@ type handVMOptions struct {
 
 // handVM is a VM started without mvm's supervisor: the baseline of the benchmarks.
 type handVM struct {
-	Ready   time.Duration // exec to the first authenticated answer
-	Agent   *client.Client
-	Console net.Conn
-	Ports   []net.Conn // one per ExtraPorts, in order
-	dir     string
-	cmd     *exec.Cmd
-	sess    *link.Session
-	conns   []net.Conn
+	Ready    time.Duration // exec to the first authenticated answer
+	Agent    *client.Client
+	Console  net.Conn
+	Ports    []net.Conn // one per ExtraPorts, in order
+	dir      string
+	cmd      *exec.Cmd
+	sess     *link.Session
+	conns    []net.Conn
+	listener net.Listener
 }
 
 func startHandVM(ctx context.Context, root layout.Root, img image.Image, accel qemu.Accel, o handVMOptions) (*handVM, error) {
@@ -273,16 +276,31 @@ func startHandVM(ctx context.Context, root layout.Root, img image.Image, accel q
 	if h.sess, err = link.Dial(bctx, h.conns[2], link.DialOptions{}); err != nil {
 		return fail(err)
 	}
-	h.Agent = client.New(func(ctx context.Context) (net.Conn, error) { return h.sess.Open(ctx) }, token)
-	if _, err := h.Agent.Ping(bctx); err != nil {
+	direct := client.New(func(ctx context.Context) (net.Conn, error) { return h.sess.Open(ctx) }, token)
+	if _, err := direct.Ping(bctx); err != nil {
 		return fail(err)
 	}
 	h.Ready = time.Since(start)
+	// From here on, clients take the path mvmctl takes: a hybrid-vsock socket served
+	// by the same code as the supervisor's, in front of the link.
+	sock := filepath.Join(dir, "agent.sock")
+	l, err := net.Listen("unix", sock)
+	if err != nil {
+		return fail(err)
+	}
+	h.listener = l
+	go hybrid.Serve(context.Background(), l, func(ctx context.Context, port uint32) (net.Conn, error) {
+		return h.sess.Open(ctx)
+	}, slog.New(slog.DiscardHandler))
+	h.Agent = client.NewHybrid(sock, token)
 	return h, nil
 }
 
 // Close stops QEMU and removes the VM's files.
 func (h *handVM) Close() {
+	if h.listener != nil {
+		h.listener.Close()
+	}
 	if h.sess != nil {
 		h.sess.Close()
 	}
