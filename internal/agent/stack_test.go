@@ -37,6 +37,11 @@ func (g *fakeGuest) Poweroff()              { g.poweroffs.Add(1) }
 // stack runs the real guest server behind the real link, the hybrid socket on the
 // host, and returns the socket path: the same path every mvmctl command takes.
 func stack(t *testing.T, token []byte) (string, *fakeGuest) {
+	sock, g, _ := stackWithBulk(t, token)
+	return sock, g
+}
+
+func stackWithBulk(t *testing.T, token []byte) (string, *fakeGuest, *hybrid.Exclusive) {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	t.Cleanup(cancel)
@@ -56,6 +61,20 @@ func stack(t *testing.T, token []byte) (string, *fakeGuest) {
 	log := slog.New(slog.DiscardHandler)
 	srv := &server.Server{Token: []byte("guest-token-0123456789"), Version: "test", Log: log,
 		Reaper: server.NewReaper(ctx), Guest: g}
+	// The bulk channel, as the supervisor offers it: a second stream, one holder at a time.
+	bfds, err := syscall.Socketpair(syscall.AF_UNIX, syscall.SOCK_STREAM|syscall.SOCK_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv.Bulk = os.NewFile(uintptr(bfds[0]), "bulk-guest")
+	bulkHostFile := os.NewFile(uintptr(bfds[1]), "bulk-host")
+	bulkHost, err := net.FileConn(bulkHostFile)
+	bulkHostFile.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { srv.Bulk.Close(); bulkHost.Close() })
+	bulk := hybrid.NewExclusive(bulkHost)
 	go link.Serve(ctx, guestEnd, "test", log, func(c net.Conn) { srv.Serve(ctx, c) })
 
 	dctx, dcancel := context.WithTimeout(ctx, 5*time.Second)
@@ -73,12 +92,15 @@ func stack(t *testing.T, token []byte) (string, *fakeGuest) {
 		t.Fatal(err)
 	}
 	go hybrid.Serve(ctx, l, func(ctx context.Context, port uint32) (net.Conn, error) {
-		if port != proto.AgentPort {
-			return nil, hybrid.ErrNoListener
+		switch port {
+		case proto.AgentPort:
+			return sess.Open(ctx)
+		case proto.BulkPort:
+			return bulk.Attach()
 		}
-		return sess.Open(ctx)
+		return nil, hybrid.ErrNoListener
 	}, log)
-	return sock, g
+	return sock, g, bulk
 }
 
 var goodToken = []byte("guest-token-0123456789")
@@ -482,5 +504,40 @@ func TestCopyRoundTrip(t *testing.T) {
 	}
 	if _, err := cl.CopyIn(ctx, filepath.Join(src, "a.txt"), "/no/such/dir/x"); err == nil || !strings.Contains(err.Error(), "does not exist") {
 		t.Fatalf("missing parent: %v", err)
+	}
+}
+
+// TestCopyOutBulkAndFallback: a copy out uses the bulk channel; a second one while it
+// is held falls back to frames; both deliver the same bytes.
+func TestCopyOutBulkAndFallback(t *testing.T) {
+	sock, _, bulk := stackWithBulk(t, goodToken)
+	cl := client.NewHybrid(sock, goodToken)
+	src := filepath.Join(t.TempDir(), "f")
+	data := bytes.Repeat([]byte("0123456789abcdef"), 1<<16)
+	os.WriteFile(src, data, 0o644)
+	// Hold the bulk channel, with stale junk in it as an abandoned transfer leaves.
+	hold, err := client.DialHybrid(context.Background(), sock, proto.BulkPort)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dst := t.TempDir()
+	if _, err := cl.CopyOut(context.Background(), src, filepath.Join(dst, "framed")); err != nil {
+		t.Fatal(err)
+	}
+	if bulk.Forwarded() != 0 {
+		t.Fatal("the held channel was used")
+	}
+	hold.Close()
+	time.Sleep(50 * time.Millisecond)
+	if _, err := cl.CopyOut(context.Background(), src, filepath.Join(dst, "bulk")); err != nil {
+		t.Fatal(err)
+	}
+	if bulk.Forwarded() < int64(len(data)) {
+		t.Fatalf("bulk channel carried %d bytes, want the file", bulk.Forwarded())
+	}
+	for _, n := range []string{"framed", "bulk"} {
+		if got, _ := os.ReadFile(filepath.Join(dst, n)); !bytes.Equal(got, data) {
+			t.Fatalf("%s copy differs", n)
+		}
 	}
 }

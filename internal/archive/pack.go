@@ -32,11 +32,26 @@ import (
 // to w that blocks is not interrupted: the caller must close the underlying
 // connection on cancellation.
 func Pack(ctx context.Context, w io.Writer, src string) (SourceInfo, Result, error) {
+	return PackWith(ctx, w, src, PackOptions{})
+}
+
+// PackOptions change how Pack writes.
+type PackOptions struct {
+	// Content, when set, writes a regular file's contents to the stream itself, in
+	// place of Pack copying them through this process (a sender uses sendfile(2)
+	// there, so file data never passes through user space). It must write exactly
+	// size bytes, or fail.
+	Content func(f *os.File, size int64) error
+}
+
+// PackWith is Pack with options.
+func PackWith(ctx context.Context, w io.Writer, src string, opts PackOptions) (SourceInfo, Result, error) {
 	info, fi, err := stat(src)
 	if err != nil {
 		return SourceInfo{}, Result{}, err
 	}
-	p := packer{ctx: ctx, tw: tar.NewWriter(w)}
+	sw := &switchWriter{w: w}
+	p := packer{ctx: ctx, tw: tar.NewWriter(sw), sw: sw, opts: opts}
 	if !info.IsDir {
 		err = p.add(src, info.Base, fi)
 	} else {
@@ -76,9 +91,33 @@ func Pack(ctx context.Context, w io.Writer, src string) (SourceInfo, Result, err
 }
 
 type packer struct {
-	ctx context.Context
-	tw  *tar.Writer
-	res Result
+	ctx  context.Context
+	tw   *tar.Writer
+	sw   *switchWriter
+	opts PackOptions
+	res  Result
+}
+
+// switchWriter lets content written by PackOptions.Content bypass the tar writer:
+// while discarding, the tar writer's own copy of the content (zeros, there only to
+// keep its accounting) goes nowhere.
+type switchWriter struct {
+	w       io.Writer
+	discard bool
+}
+
+func (s *switchWriter) Write(p []byte) (int, error) {
+	if s.discard {
+		return len(p), nil
+	}
+	return s.w.Write(p)
+}
+
+type zeros struct{}
+
+func (zeros) Read(p []byte) (int, error) {
+	clear(p)
+	return len(p), nil
 }
 
 func (p *packer) add(file, name string, fi fs.FileInfo) error {
@@ -121,6 +160,19 @@ func (p *packer) add(file, name string, fi fs.FileInfo) error {
 		return err
 	}
 	defer f.Close()
+	if p.opts.Content != nil && hdr.Size > 0 {
+		if err := p.opts.Content(f, hdr.Size); err != nil {
+			return fmt.Errorf("%s: %w", file, err)
+		}
+		p.sw.discard = true
+		_, err := io.CopyN(p.tw, zeros{}, hdr.Size)
+		p.sw.discard = false
+		if err != nil {
+			return fmt.Errorf("%s: %w", file, err)
+		}
+		p.res.Bytes += hdr.Size
+		return nil
+	}
 	// CopyN: the header already promised hdr.Size bytes, so a file that grows
 	// meanwhile is cut at that size and one that shrinks is an error.
 	n, err := io.CopyN(p.tw, ctxReader{p.ctx, f}, hdr.Size)

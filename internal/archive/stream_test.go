@@ -230,3 +230,27 @@ func TestContextCancellation(t *testing.T) {
 		})
 	}
 }
+
+// TestPackContentHook: a sender that writes contents itself produces the same stream.
+func TestPackContentHook(t *testing.T) {
+	dir := t.TempDir()
+	os.MkdirAll(filepath.Join(dir, "d", "e"), 0o755)
+	os.WriteFile(filepath.Join(dir, "d", "a"), bytes.Repeat([]byte("a"), 1000), 0o644)
+	os.WriteFile(filepath.Join(dir, "d", "e", "b"), bytes.Repeat([]byte("b"), 70000), 0o644)
+	os.WriteFile(filepath.Join(dir, "d", "empty"), nil, 0o644)
+	var plain, hooked bytes.Buffer
+	if _, _, err := Pack(context.Background(), &plain, filepath.Join(dir, "d")); err != nil {
+		t.Fatal(err)
+	}
+	_, res, err := PackWith(context.Background(), &hooked, filepath.Join(dir, "d"), PackOptions{
+		Content: func(f *os.File, size int64) error {
+			_, err := io.CopyN(&hooked, f, size)
+			return err
+		}})
+	if err != nil || res.Bytes != 71000 {
+		t.Fatal(res, err)
+	}
+	if !bytes.Equal(plain.Bytes(), hooked.Bytes()) {
+		t.Fatal("streams differ")
+	}
+}

@@ -336,7 +336,7 @@ func (u *unpacker) file(name string, hdr *tar.Header, mode fs.FileMode, r io.Rea
 			u.root.Remove(tmp)
 		}
 	}()
-	n, err := io.Copy(f, ctxReader{u.ctx, r})
+	n, err := copyFull(f, ctxReader{u.ctx, r}, hdr.Size)
 	u.res.Bytes += n
 	if err != nil {
 		return fmt.Errorf("entry %q: %w", hdr.Name, err)
@@ -393,4 +393,38 @@ func (u *unpacker) finishDirs() error {
 // from name, so it never exceeds the file name length limit.
 func tempName(name string) string {
 	return path.Join(path.Dir(name), ".mvmcp-"+rand.Text()[:16])
+}
+
+// copyFull copies r to w in chunks of up to 256 KiB, filling each chunk before writing
+// it. A stream may deliver a few KiB per read (a virtio-serial port gives 4 KiB), and
+// one write per read would make the writes' fixed cost dominate a large copy. Only a
+// clean io.EOF ends the copy; any other error (a truncated stream) is returned.
+func copyFull(w io.Writer, r io.Reader, size int64) (int64, error) {
+	bufSize := int64(256 << 10)
+	if size < bufSize {
+		bufSize = max(size, 512)
+	}
+	buf := make([]byte, bufSize)
+	var total int64
+	for {
+		n := 0
+		var err error
+		for n < len(buf) && err == nil {
+			var k int
+			k, err = r.Read(buf[n:])
+			n += k
+		}
+		if n > 0 {
+			if _, werr := w.Write(buf[:n]); werr != nil {
+				return total, werr
+			}
+			total += int64(n)
+		}
+		if errors.Is(err, io.EOF) {
+			return total, nil
+		}
+		if err != nil {
+			return total, err
+		}
+	}
 }

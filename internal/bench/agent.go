@@ -29,6 +29,7 @@ type AgentOptions struct {
 	Root     layout.Root
 	Runs     int   // timed exec round trips of each agent
 	SizeMiB  int64 // file size for mvm cp and the raw channel
+	Repeat   int   // rounds of raw and mvm copies; medians are reported
 	QGAMiB   int64 // file size for qemu-ga's file calls (it is ~20x slower)
 	Progress func(string)
 }
@@ -68,6 +69,16 @@ const (
 	portRawOut = "mvm.raw.out"
 )
 
+// extraPorts are qemu-ga's port, one raw-in port per round (the end of a raw copy in
+// is the host hanging up the port, which cannot be undone) and one raw-out port.
+func extraPorts(rounds int) []string {
+	ports := []string{portQGA}
+	for i := 0; i < rounds; i++ {
+		ports = append(ports, fmt.Sprintf("%s.%d", portRawIn, i))
+	}
+	return append(ports, portRawOut)
+}
+
 // Agent boots one VM by hand with mvm-agent (PID 1), QEMU's qemu-ga, and two bare
 // virtio-serial ports, and measures, in this order so the latency figures come from
 // a fresh VM: exec round trips of /bin/true through each agent; then copies of a file
@@ -97,7 +108,7 @@ func Agent(ctx context.Context, o AgentOptions) (AgentReport, error) {
 	step("booting the benchmark VM")
 	h, err := startHandVM(ctx, o.Root, img, backend.AccelInfo(), handVMOptions{
 		MemoryMiB:  1024,
-		ExtraPorts: []string{portQGA, portRawIn, portRawOut},
+		ExtraPorts: extraPorts(o.Repeat),
 		Prepare:    func(rootfs string) error { return injectFiles(ctx, rootfs, qga) },
 	})
 	if err != nil {
@@ -165,58 +176,60 @@ func Agent(ctx context.Context, o AgentOptions) (AgentReport, error) {
 		return rep, err
 	}
 	size := o.SizeMiB << 20
-	add := func(name string, bytes int64, d time.Duration) Transfer {
-		t := Transfer{Name: name, MiB: float64(bytes) / (1 << 20), Seconds: d.Seconds(), MiBps: float64(bytes) / (1 << 20) / d.Seconds()}
-		rep.Transfers = append(rep.Transfers, t)
-		step(fmt.Sprintf("%s: %.1f MiB/s", name, t.MiBps))
-		return t
-	}
 
-	step("raw channel, host to guest")
-	inDev, err := portDev(portRawIn)
-	if err != nil {
-		return rep, err
-	}
-	d, err := rawIn(ctx, cl, h.Ports[1], inDev, src)
-	if err != nil {
-		return rep, fmt.Errorf("raw in: %w", err)
-	}
-	rawInT := add("raw channel in (dd into tmpfs)", size, d)
-	step("raw channel, guest to host")
+	// Each copy runs Repeat times, alternating raw and mvm so both see the machine in
+	// the same state, and the median rate counts: this machine's neighbours are noisy.
 	outDev, err := portDev(portRawOut)
 	if err != nil {
 		return rep, err
 	}
-	d, err = rawOut(ctx, cl, h.Ports[2], outDev, "/tmp/raw.bin", size)
-	if err != nil {
-		return rep, fmt.Errorf("raw out: %w", err)
+	var rawIns, rawOuts, cpIns, cpOuts []Transfer
+	for i := 0; i < o.Repeat; i++ {
+		step(fmt.Sprintf("round %d of %d: raw channel and mvm cp, each way", i+1, o.Repeat))
+		inDev, err := portDev(fmt.Sprintf("%s.%d", portRawIn, i))
+		if err != nil {
+			return rep, err
+		}
+		d, err := rawIn(ctx, cl, h.Ports[1+i], inDev, src)
+		if err != nil {
+			return rep, fmt.Errorf("raw in: %w", err)
+		}
+		rawIns = append(rawIns, transfer("raw channel in (dd into tmpfs)", size, d))
+		d, err = rawOut(ctx, cl, h.Ports[1+o.Repeat], outDev, "/tmp/raw.bin", size)
+		if err != nil {
+			return rep, fmt.Errorf("raw out: %w", err)
+		}
+		rawOuts = append(rawOuts, transfer("raw channel out (cat from tmpfs)", size, d))
+		if _, err := run("rm -f /tmp/raw.bin"); err != nil {
+			return rep, err
+		}
+		start := time.Now()
+		if _, err := cl.CopyIn(ctx, src, "/tmp/cp.bin"); err != nil {
+			return rep, fmt.Errorf("cp in: %w", err)
+		}
+		cpIns = append(cpIns, transfer("mvm cp in (into tmpfs)", size, time.Since(start)))
+		back := filepath.Join(h.dir, "back")
+		start = time.Now()
+		if _, err := cl.CopyOut(ctx, "/tmp/cp.bin", back); err != nil {
+			return rep, fmt.Errorf("cp out: %w", err)
+		}
+		cpOuts = append(cpOuts, transfer("mvm cp out (from tmpfs)", size, time.Since(start)))
+		if err := sameFile(src, back); err != nil {
+			return rep, err
+		}
+		_ = os.Remove(back)
+		if _, err := run("rm -f /tmp/cp.bin"); err != nil {
+			return rep, err
+		}
 	}
-	rawOutT := add("raw channel out (cat from tmpfs)", size, d)
-	if _, err := run("rm -f /tmp/raw.bin"); err != nil {
-		return rep, err
-	}
-
-	step("mvm cp, host to guest")
-	start := time.Now()
-	if _, err := cl.CopyIn(ctx, src, "/tmp/cp.bin"); err != nil {
-		return rep, fmt.Errorf("cp in: %w", err)
-	}
-	cpIn := add("mvm cp in (into tmpfs)", size, time.Since(start))
-	step("mvm cp, guest to host")
-	back := filepath.Join(h.dir, "back")
-	start = time.Now()
-	if _, err := cl.CopyOut(ctx, "/tmp/cp.bin", back); err != nil {
-		return rep, fmt.Errorf("cp out: %w", err)
-	}
-	cpOut := add("mvm cp out (from tmpfs)", size, time.Since(start))
-	if err := sameFile(src, back); err != nil {
-		return rep, err
-	}
-	_ = os.Remove(back)
-	if _, err := run("rm -f /tmp/cp.bin"); err != nil {
-		return rep, err
-	}
+	rawInT, rawOutT, cpIn, cpOut := median(rawIns), median(rawOuts), median(cpIns), median(cpOuts)
+	rep.Transfers = append(rep.Transfers, rawInT, rawOutT, cpIn, cpOut)
 	rep.CopyInVsRaw, rep.CopyOutVsRaw = cpIn.MiBps/rawInT.MiBps, cpOut.MiBps/rawOutT.MiBps
+	add := func(name string, bytes int64, d time.Duration) {
+		t := transfer(name, bytes, d)
+		rep.Transfers = append(rep.Transfers, t)
+		step(fmt.Sprintf("%s: %.1f MiB/s", name, t.MiBps))
+	}
 
 	qsize := o.QGAMiB << 20
 	step(fmt.Sprintf("qemu-ga guest-file-write, %d MiB in 4 MiB calls", o.QGAMiB))
@@ -224,7 +237,7 @@ func Agent(ctx context.Context, o AgentOptions) (AgentReport, error) {
 	if err != nil {
 		return rep, err
 	}
-	start = time.Now()
+	start := time.Now()
 	n, err := q.writeFile("/tmp/qga.bin", io.LimitReader(f, qsize), 4<<20)
 	f.Close()
 	if err != nil {
@@ -240,6 +253,19 @@ func Agent(ctx context.Context, o AgentOptions) (AgentReport, error) {
 	add("qemu-ga guest-file-read (4 MiB calls)", n, time.Since(start))
 	rep.AgentRSSAfter, _ = agentRSS(run)
 	return rep, nil
+}
+
+func transfer(name string, bytes int64, d time.Duration) Transfer {
+	return Transfer{Name: name, MiB: float64(bytes) / (1 << 20), Seconds: d.Seconds(), MiBps: float64(bytes) / (1 << 20) / d.Seconds()}
+}
+
+// median returns the run with the median rate (n is small and odd by default).
+func median(ts []Transfer) Transfer {
+	s := append([]Transfer(nil), ts...)
+	sort.Slice(s, func(i, j int) bool { return s[i].MiBps < s[j].MiBps })
+	m := s[len(s)/2]
+	m.Name = fmt.Sprintf("%s, median of %d", m.Name, len(s))
+	return m
 }
 
 func timeN(n int, fn func() error) ([]time.Duration, error) {

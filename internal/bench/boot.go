@@ -20,6 +20,7 @@ import (
 	"github.com/mvm-dev/mvm/internal/agent/client"
 	"github.com/mvm-dev/mvm/internal/agent/hybrid"
 	"github.com/mvm-dev/mvm/internal/agent/link"
+	"github.com/mvm-dev/mvm/internal/agent/proto"
 	"github.com/mvm-dev/mvm/internal/drive"
 	"github.com/mvm-dev/mvm/internal/image"
 	"github.com/mvm-dev/mvm/internal/layout"
@@ -217,7 +218,7 @@ func startHandVM(ctx context.Context, root layout.Root, img image.Image, accel q
 	}
 	rec := vm.Record{Spec: vm.Spec{Name: "bench"}}
 	cfgQ := vmm.Config{Name: "bench", CPUs: 1, MemoryMiB: o.MemoryMiB, Kernel: img.Path(image.FileKernel), Initrd: img.Path(image.FileInitrd),
-		KernelArgs: supervisor.ContractArgs(rec), ExtraPorts: o.ExtraPorts,
+		KernelArgs: supervisor.ContractArgs(rec), ExtraPorts: append([]string{proto.BulkPortName}, o.ExtraPorts...),
 		Drives: []vmm.Drive{{ID: "vda", Path: rootfs}, {ID: "vdb", Path: cfg, ReadOnly: true}, {ID: "vdc", Path: sec, ReadOnly: true}}}
 	var theirs []*os.File
 	defer func() {
@@ -225,7 +226,7 @@ func startHandVM(ctx context.Context, root layout.Root, img image.Image, accel q
 			f.Close()
 		}
 	}()
-	for i := 0; i < 3+len(o.ExtraPorts); i++ {
+	for i := 0; i < 4+len(o.ExtraPorts); i++ {
 		fds, err := syscall.Socketpair(syscall.AF_UNIX, syscall.SOCK_STREAM|syscall.SOCK_CLOEXEC, 0)
 		if err != nil {
 			return fail(err)
@@ -240,7 +241,7 @@ func startHandVM(ctx context.Context, root layout.Root, img image.Image, accel q
 		h.conns = append(h.conns, c)
 	}
 	fds := qemu.Fds{QMP: 3, Console: 4, Agent: 5, TAP: -1}
-	for i := range o.ExtraPorts {
+	for i := 0; i < 1+len(o.ExtraPorts); i++ {
 		fds.Extra = append(fds.Extra, 6+i)
 	}
 	h.cmd = exec.Command(qemu.Binary, qemu.Args(cfgQ, accel, fds)...)
@@ -289,7 +290,12 @@ func startHandVM(ctx context.Context, root layout.Root, img image.Image, accel q
 		return fail(err)
 	}
 	h.listener = l
+	bulk := hybrid.NewExclusive(h.conns[3])
+	h.Ports = h.Ports[1:] // the bulk port is the first extra port, served here
 	go hybrid.Serve(context.Background(), l, func(ctx context.Context, port uint32) (net.Conn, error) {
+		if port == proto.BulkPort {
+			return bulk.Attach()
+		}
 		return h.sess.Open(ctx)
 	}, slog.New(slog.DiscardHandler))
 	h.Agent = client.NewHybrid(sock, token)

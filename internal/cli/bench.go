@@ -56,7 +56,7 @@ func newBenchCmd(a *app) *cobra.Command {
 }
 
 func newBenchAgentCmd(a *app) *cobra.Command {
-	var runs int
+	var runs, repeat int
 	var size, qgaSize int64
 	var asJSON bool
 	c := &cobra.Command{
@@ -74,7 +74,7 @@ through each agent (p50, p99), then a file copied each way through the bare chan
 				return err
 			}
 			p := ui.NewProgress(os.Stderr, asJSON)
-			rep, err := bench.Agent(cmd.Context(), bench.AgentOptions{Root: root, Runs: runs, SizeMiB: size, QGAMiB: qgaSize, Progress: p.Step})
+			rep, err := bench.Agent(cmd.Context(), bench.AgentOptions{Root: root, Runs: runs, SizeMiB: size, Repeat: repeat, QGAMiB: qgaSize, Progress: p.Step})
 			if err != nil {
 				return err
 			}
@@ -101,6 +101,7 @@ through each agent (p50, p99), then a file copied each way through the bare chan
 	c.Flags().IntVar(&runs, "runs", 200, "timed exec round trips per agent (after 10 warm-up)")
 	c.Flags().Int64Var(&size, "size", 256, "MiB copied each way through the bare channel and mvm cp")
 	c.Flags().Int64Var(&qgaSize, "qga-size", 64, "MiB copied each way through qemu-ga (it is much slower)")
+	c.Flags().IntVar(&repeat, "repeat", 3, "rounds of the raw and mvm copies (medians are reported)")
 	c.Flags().BoolVar(&asJSON, "json", false, "print the report as JSON")
 	return c
 }

@@ -145,17 +145,41 @@ func (a *agentGuest) serve(ctx context.Context) error {
 	if name == "" {
 		name = DefaultPortName
 	}
-	port, err := openVirtioPort(name)
+	port, err := openVirtioPort(name, 5*time.Second)
 	if err != nil {
 		return err
+	}
+	// The bulk channel is optional: hosts that give none get streams in frames. It is
+	// opened pollable (unlike the link's port): a copy's reads must be abortable with
+	// a deadline when the host goes away mid-transfer.
+	if dev, err := findVirtioPort(proto.BulkPortName, 0); err == nil {
+		if f, err := os.OpenFile(dev, os.O_RDWR, 0); err == nil {
+			srv.Bulk = f
+		}
 	}
 	a.log.Info("ready", "transport", "virtio-serial", "port", name, "boot_ms", a.bootMs)
 	return link.Serve(ctx, port, version.String(), a.log, func(c net.Conn) { srv.Serve(ctx, c) })
 }
 
-// openVirtioPort finds a virtio-serial port by name through sysfs (no udev here).
-func openVirtioPort(name string) (*os.File, error) {
-	deadline := time.Now().Add(5 * time.Second)
+// openVirtioPort opens a virtio-serial port for the link. Blocking I/O on purpose:
+// the runtime's poller would turn every 4 KiB the port delivers into read, EAGAIN,
+// epoll_wait and read again, and under emulation syscalls are what a transfer costs.
+func openVirtioPort(name string, wait time.Duration) (*os.File, error) {
+	dev, err := findVirtioPort(name, wait)
+	if err != nil {
+		return nil, err
+	}
+	fd, err := unix.Open(dev, unix.O_RDWR|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return nil, err
+	}
+	return os.NewFile(uintptr(fd), dev), nil
+}
+
+// findVirtioPort finds a virtio-serial port's device by name through sysfs (there is
+// no udev here), waiting up to wait for it to appear.
+func findVirtioPort(name string, wait time.Duration) (string, error) {
+	deadline := time.Now().Add(wait)
 	for {
 		names, _ := filepath.Glob("/sys/class/virtio-ports/vport*/name")
 		for _, p := range names {
@@ -163,18 +187,11 @@ func openVirtioPort(name string) (*os.File, error) {
 				dev := "/dev/" + filepath.Base(filepath.Dir(p))
 				_ = os.MkdirAll("/dev/virtio-ports", 0o755)
 				_ = os.Symlink(dev, "/dev/virtio-ports/"+name)
-				// Blocking I/O on purpose: the runtime's poller would turn every 4 KiB
-				// the port delivers into read, EAGAIN, epoll_wait and read again, and
-				// under emulation syscalls are what a transfer costs.
-				fd, err := unix.Open(dev, unix.O_RDWR|unix.O_CLOEXEC, 0)
-				if err != nil {
-					return nil, err
-				}
-				return os.NewFile(uintptr(fd), dev), nil
+				return dev, nil
 			}
 		}
 		if time.Now().After(deadline) {
-			return nil, fmt.Errorf("virtio-serial port %q not found and no vsock device: the host gave the agent no channel", name)
+			return "", fmt.Errorf("virtio-serial port %q not found and no vsock device: the host gave the agent no channel", name)
 		}
 		time.Sleep(5 * time.Millisecond)
 	}

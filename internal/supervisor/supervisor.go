@@ -199,6 +199,7 @@ func (s *supervisor) start(ctx context.Context) error {
 		KernelArgs: ContractArgs(s.rec),
 		Drives:     s.drives(),
 		MAC:        s.rec.MAC,
+		ExtraPorts: []string{proto.BulkPortName},
 		Stderr:     &logWriter{log: log},
 	}
 	if s.tap != nil {
@@ -345,11 +346,15 @@ func (s *supervisor) connectAgent(ctx context.Context) error {
 		return err
 	}
 	s.lns = append(s.lns, l)
+	bulk := hybrid.NewExclusive(s.inst.Ports()[0])
 	go hybrid.Serve(context.Background(), l, func(ctx context.Context, port uint32) (net.Conn, error) {
-		if port != proto.AgentPort {
-			return nil, hybrid.ErrNoListener
+		switch port {
+		case proto.AgentPort:
+			return s.link.open(ctx)
+		case proto.BulkPort:
+			return bulk.Attach()
 		}
-		return s.link.open(ctx)
+		return nil, hybrid.ErrNoListener
 	}, s.o.Log)
 	return nil
 }

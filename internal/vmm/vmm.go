@@ -56,6 +56,8 @@ type Instance interface {
 	// Console is the guest's serial console: read output, write input.
 	Console() net.Conn
 	Agent() AgentChannel
+	// Ports are the streams of Config.ExtraPorts, in order.
+	Ports() []net.Conn
 	// Wait blocks until the process has exited.
 	Wait() Exit
 	// Kill stops the hypervisor now (no guest cooperation), and waits for it.

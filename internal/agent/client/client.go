@@ -65,6 +65,7 @@ type DialFunc func(ctx context.Context) (net.Conn, error)
 // Client talks to one VM's agent.
 type Client struct {
 	dial  DialFunc
+	bulk  DialFunc // the bulk channel, where the transport has one
 	token []byte
 	now   func() time.Time
 }
@@ -87,9 +88,11 @@ func New(dial DialFunc, token []byte, opts ...Option) *Client {
 
 // NewHybrid returns a client for a hybrid-vsock socket.
 func NewHybrid(socketPath string, token []byte, opts ...Option) *Client {
-	return New(func(ctx context.Context) (net.Conn, error) {
+	c := New(func(ctx context.Context) (net.Conn, error) {
 		return DialHybrid(ctx, socketPath, proto.AgentPort)
 	}, token, opts...)
+	c.bulk = func(ctx context.Context) (net.Conn, error) { return DialHybrid(ctx, socketPath, proto.BulkPort) }
+	return c
 }
 
 // session is one authenticated connection with its request sent.

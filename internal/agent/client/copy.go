@@ -6,7 +6,9 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 
+	"github.com/mvm-dev/mvm/internal/agent/bulk"
 	"github.com/mvm-dev/mvm/internal/agent/proto"
 	"github.com/mvm-dev/mvm/internal/archive"
 )
@@ -14,7 +16,16 @@ import (
 // CopyOut copies a guest path to a host destination with docker cp's rules. Files on
 // the host belong to the caller; setuid and setgid bits are not restored.
 func (cl *Client) CopyOut(ctx context.Context, guestPath, hostDest string) (archive.Result, error) {
-	s, err := cl.open(ctx, proto.Request{Op: proto.OpCopyOut, Copy: &proto.Copy{Path: guestPath}})
+	// Attach to the bulk channel first, so the agent can use it; when it is busy or
+	// absent the stream comes in frames on the request's own connection.
+	var bc net.Conn
+	if cl.bulk != nil {
+		if c, err := cl.bulk(ctx); err == nil {
+			bc = c
+			defer bc.Close()
+		}
+	}
+	s, err := cl.open(ctx, proto.Request{Op: proto.OpCopyOut, Copy: &proto.Copy{Path: guestPath, Bulk: bc != nil}})
 	if err != nil {
 		return archive.Result{}, err
 	}
@@ -27,47 +38,93 @@ func (cl *Client) CopyOut(ctx context.Context, guestPath, hostDest string) (arch
 		return archive.Result{}, fmt.Errorf("guest path %s: %s", guestPath, resp.Error)
 	}
 	src := archive.SourceInfo{Base: resp.Source.Base, IsDir: resp.Source.IsDir, ContentsOnly: resp.Source.ContentsOnly}
-	pr, pw := io.Pipe()
+	var stream io.Reader
 	doneCh := make(chan proto.Done, 1)
-	go func() {
-		for {
-			f, err := s.pc.Read()
-			if err != nil {
-				pw.CloseWithError(fmt.Errorf("the agent stopped sending: %w", err))
-				return
-			}
-			switch f.Type {
-			case proto.TStdout:
-				if _, err := pw.Write(f.Payload); err != nil {
-					return
-				}
-			case proto.TDone:
-				var d proto.Done
-				if err := proto.Decode(f, proto.TDone, &d); err != nil {
-					pw.CloseWithError(err)
-					return
-				}
-				doneCh <- d
-				pw.Close()
-				return
-			default:
-				pw.CloseWithError(proto.Decode(f, proto.TDone, nil))
-				return
-			}
+	errCh := make(chan error, 1)
+	if resp.BulkID != "" && bc != nil {
+		stop := context.AfterFunc(ctx, func() { bc.Close() })
+		defer stop()
+		br := bufio.NewReaderSize(bc, 256<<10)
+		if err := bulk.SkipToMarker(br, resp.BulkID); err != nil {
+			return archive.Result{}, cl.ctxErr(ctx, fmt.Errorf("bc channel: %w", err))
 		}
-	}()
-	hr := archive.NewHashingReader(pr)
+		stream = br
+		go func() { // Done comes on the request's stream
+			var d proto.Done
+			if err := s.pc.Expect(proto.TDone, &d); err != nil {
+				errCh <- err
+				bc.Close() // unblock the reader
+				return
+			}
+			doneCh <- d
+		}()
+	} else {
+		if bc != nil {
+			bc.Close()
+		}
+		pr, pw := io.Pipe()
+		stream = pr
+		go func() {
+			for {
+				f, err := s.pc.Read()
+				if err != nil {
+					pw.CloseWithError(fmt.Errorf("the agent stopped sending: %w", err))
+					errCh <- err
+					return
+				}
+				switch f.Type {
+				case proto.TStdout:
+					if _, err := pw.Write(f.Payload); err != nil {
+						return
+					}
+				case proto.TDone:
+					var d proto.Done
+					if err := proto.Decode(f, proto.TDone, &d); err != nil {
+						pw.CloseWithError(err)
+						errCh <- err
+						return
+					}
+					doneCh <- d
+					pw.Close()
+					return
+				default:
+					err := proto.Decode(f, proto.TDone, nil)
+					pw.CloseWithError(err)
+					errCh <- err
+					return
+				}
+			}
+		}()
+	}
+	hr := archive.NewHashingReader(stream)
 	res, err := archive.Unpack(ctx, hr, hostDest, src, archive.UnpackOptions{})
 	if err != nil {
-		pr.CloseWithError(err)
+		if c, ok := stream.(io.Closer); ok {
+			c.Close()
+		}
 		return res, err
 	}
-	if _, err := io.Copy(io.Discard, hr); err != nil {
-		return res, err
+	// The digest covers the whole stream, so what Unpack left (the end blocks) is read
+	// too: in frames up to the end of the pipe; on the bc channel, which has no end,
+	// up to the length Done gives.
+	if resp.BulkID == "" || bc == nil {
+		if _, err := io.Copy(io.Discard, hr); err != nil {
+			return res, err
+		}
 	}
-	d := <-doneCh
+	var d proto.Done
+	select {
+	case d = <-doneCh:
+	case err := <-errCh:
+		return res, cl.ctxErr(ctx, fmt.Errorf("the agent did not finish the copy: %w", err))
+	}
 	if d.Error != "" {
 		return res, fmt.Errorf("the agent failed while reading %s: %s", guestPath, d.Error)
+	}
+	if rest := d.Bytes - hr.N(); rest > 0 {
+		if _, err := io.CopyN(io.Discard, hr, rest); err != nil {
+			return res, fmt.Errorf("copy stream cut short: %w", err)
+		}
 	}
 	if d.Result != nil {
 		res.Skipped = d.Result.Skipped
@@ -82,7 +139,19 @@ func (cl *Client) CopyIn(ctx context.Context, hostSrc, guestDest string) (archiv
 	if err != nil {
 		return archive.Result{}, err
 	}
-	s, err := cl.open(ctx, proto.Request{Op: proto.OpCopyIn, Copy: &proto.Copy{Path: guestDest,
+	var bulkConn bulk.Channel
+	id := ""
+	if cl.bulk != nil {
+		if c, err := cl.bulk(ctx); err == nil {
+			if ch, ok := c.(bulk.Channel); ok {
+				bulkConn, id = ch, bulk.NewID()
+				defer c.Close()
+			} else {
+				c.Close()
+			}
+		}
+	}
+	s, err := cl.open(ctx, proto.Request{Op: proto.OpCopyIn, Copy: &proto.Copy{Path: guestDest, Bulk: bulkConn != nil, BulkID: id,
 		Source: &proto.CopySource{Base: info.Base, IsDir: info.IsDir, ContentsOnly: info.ContentsOnly}}})
 	if err != nil {
 		return archive.Result{}, err
@@ -95,19 +164,32 @@ func (cl *Client) CopyIn(ctx context.Context, hostSrc, guestDest string) (archiv
 	if !resp.OK {
 		return archive.Result{}, fmt.Errorf("copy to %s: %s", guestDest, resp.Error)
 	}
+	useBulk := bulkConn != nil && resp.BulkID == id
 	sendCtx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	sent := make(chan error, 1)
 	var packed archive.Result
 	go func() {
-		bw := bufio.NewWriterSize(s.pc.DataWriter(proto.TStdin), 256<<10)
-		hw := archive.NewHashingWriter(bw)
-		_, res, err := archive.Pack(sendCtx, hw, hostSrc)
-		packed = res
-		if ferr := bw.Flush(); err == nil {
-			err = ferr
+		var done proto.Done
+		var err error
+		if useBulk {
+			var w *bulk.Writer
+			if w, err = bulk.NewWriter(bulkConn, id); err == nil {
+				_, packed, err = archive.PackWith(sendCtx, w, hostSrc, archive.PackOptions{Content: w.SendFile})
+				if ferr := w.Flush(); err == nil {
+					err = ferr
+				}
+				done.Bytes, done.Digest = w.N(), w.Sum()
+			}
+		} else {
+			bw := bufio.NewWriterSize(s.pc.DataWriter(proto.TStdin), 256<<10)
+			hw := archive.NewHashingWriter(bw)
+			_, packed, err = archive.Pack(sendCtx, hw, hostSrc)
+			if ferr := bw.Flush(); err == nil {
+				err = ferr
+			}
+			done.Bytes, done.Digest = hw.N(), hw.Sum()
 		}
-		done := proto.Done{Bytes: hw.N(), Digest: hw.Sum()}
 		if err != nil {
 			done.Error = err.Error()
 		}
@@ -120,6 +202,11 @@ func (cl *Client) CopyIn(ctx context.Context, hostSrc, guestDest string) (archiv
 	var final proto.Response
 	ferr := s.pc.Expect(proto.TResponse, &final)
 	cancel()
+	if ferr != nil || !final.OK {
+		if bulkConn != nil {
+			bulkConn.(io.Closer).Close() // unblock a sender stuck on a channel nobody reads
+		}
+	}
 	sendErr := <-sent
 	switch {
 	case ferr != nil:

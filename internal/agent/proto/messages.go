@@ -78,6 +78,12 @@ func (c *Connect) Validate() error {
 type Copy struct {
 	Path   string      `json:"path"`
 	Source *CopySource `json:"source,omitempty"`
+	// Bulk: the host is attached to the bulk channel. For copy_out the agent may send
+	// the stream there instead of in data frames, and says so with Response.BulkID; for
+	// copy_in the host offers to send it there under BulkID, and the agent accepts by
+	// answering with the same BulkID.
+	Bulk   bool   `json:"bulk,omitempty"`
+	BulkID string `json:"bulk_id,omitempty"`
 }
 
 // CopySource describes the sent side of a copy, as docker cp resolves it.
@@ -195,8 +201,9 @@ type Response struct {
 	Code   int         `json:"code,omitempty"` // exec: exit code to report when the start failed (126, 127)
 	PID    int         `json:"pid,omitempty"`
 	Info   *AgentInfo  `json:"info,omitempty"`
-	Source *CopySource `json:"source,omitempty"` // copy_out: what the agent is about to send
-	Result *CopyResult `json:"result,omitempty"` // copy_in: what was written
+	Source *CopySource `json:"source,omitempty"`  // copy_out: what the agent is about to send
+	BulkID string      `json:"bulk_id,omitempty"` // copy_out: the stream comes on the bulk channel after this id
+	Result *CopyResult `json:"result,omitempty"`  // copy_in: what was written
 }
 
 // AgentInfo describes the running agent and guest. Ping fills the first fields;

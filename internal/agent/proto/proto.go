@@ -30,6 +30,16 @@ const Version = 1
 // hybrid-vsock CONNECT line).
 const AgentPort = 1024
 
+// BulkPort is the hybrid-vsock port of the bulk channel: a second, unmultiplexed
+// virtio-serial port (BulkPortName) that carries one copy out of the guest at a time,
+// so file data can go from the guest's page cache to the host without being copied
+// through the agent (sendfile). Each transfer starts with BulkMarker and its id.
+const (
+	BulkPort     = 1025
+	BulkPortName = "mvm.bulk"
+	BulkMarker   = "\xffMVMBULK1 "
+)
+
 // Frame size limits: control frames are JSON and small; data frames carry stream chunks.
 const (
 	MaxControlPayload = 64 << 10

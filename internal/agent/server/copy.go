@@ -4,9 +4,12 @@ import (
 	"bufio"
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"os"
+	"time"
 
+	"github.com/mvm-dev/mvm/internal/agent/bulk"
 	"github.com/mvm-dev/mvm/internal/agent/proto"
 	"github.com/mvm-dev/mvm/internal/archive"
 )
@@ -20,6 +23,11 @@ func (s *Server) copyOut(ctx context.Context, pc *proto.Conn, req *proto.Copy) {
 	info, err := archive.Stat(req.Path)
 	if err != nil {
 		_ = pc.WriteJSON(proto.TResponse, proto.Response{Error: err.Error()})
+		return
+	}
+	if req.Bulk && s.Bulk != nil && s.bulkMu.TryLock() {
+		defer s.bulkMu.Unlock()
+		s.copyOutBulk(ctx, pc, req.Path, info)
 		return
 	}
 	if err := pc.WriteJSON(proto.TResponse, proto.Response{OK: true, Source: &proto.CopySource{
@@ -43,6 +51,11 @@ func (s *Server) copyOut(ctx context.Context, pc *proto.Conn, req *proto.Copy) {
 // then answers with what was written, or why not.
 func (s *Server) copyIn(ctx context.Context, pc *proto.Conn, req *proto.Copy) {
 	src := archive.SourceInfo{Base: req.Source.Base, IsDir: req.Source.IsDir, ContentsOnly: req.Source.ContentsOnly}
+	if req.Bulk && bulk.ValidID(req.BulkID) && s.Bulk != nil && s.bulkMu.TryLock() {
+		defer s.bulkMu.Unlock()
+		s.copyInBulk(ctx, pc, req, src)
+		return
+	}
 	if err := pc.WriteJSON(proto.TResponse, proto.Response{OK: true}); err != nil {
 		return
 	}
@@ -94,6 +107,77 @@ func (s *Server) copyIn(ctx context.Context, pc *proto.Conn, req *proto.Copy) {
 	if d.Error != "" {
 		fail(errors.New("the sender failed: " + d.Error))
 		return
+	}
+	if err := hr.Verify(d.Digest, d.Bytes); err != nil {
+		fail(err)
+		return
+	}
+	_ = pc.WriteJSON(proto.TResponse, proto.Response{OK: true, Result: &proto.CopyResult{Bytes: res.Bytes, Entries: res.Entries}})
+}
+
+// copyOutBulk sends the tar stream on the bulk channel (file contents with
+// sendfile); Done follows on the request's own stream.
+func (s *Server) copyOutBulk(ctx context.Context, pc *proto.Conn, path string, info archive.SourceInfo) {
+	id := bulk.NewID()
+	if err := pc.WriteJSON(proto.TResponse, proto.Response{OK: true, BulkID: id, Source: &proto.CopySource{
+		Base: info.Base, IsDir: info.IsDir, ContentsOnly: info.ContentsOnly}}); err != nil {
+		return
+	}
+	done := proto.Done{}
+	bw, err := bulk.NewWriter(s.Bulk, id)
+	var res archive.Result
+	if err == nil {
+		_, res, err = archive.PackWith(ctx, bw, path, archive.PackOptions{Content: bw.SendFile})
+		if ferr := bw.Flush(); err == nil {
+			err = ferr
+		}
+		done.Bytes, done.Digest = bw.N(), bw.Sum()
+	}
+	done.Result = &proto.CopyResult{Bytes: res.Bytes, Entries: res.Entries, Skipped: res.Skipped}
+	if err != nil {
+		done.Error = err.Error()
+	}
+	_ = pc.WriteJSON(proto.TDone, done)
+}
+
+// copyInBulk reads the tar stream from the bulk channel. The request's stream carries
+// Done, and its end (the host gone) aborts the read.
+func (s *Server) copyInBulk(ctx context.Context, pc *proto.Conn, req *proto.Copy, src archive.SourceInfo) {
+	if err := pc.WriteJSON(proto.TResponse, proto.Response{OK: true, BulkID: req.BulkID}); err != nil {
+		return
+	}
+	doneCh := make(chan proto.Done, 1)
+	go func() {
+		var d proto.Done
+		if err := pc.Expect(proto.TDone, &d); err != nil {
+			_ = s.Bulk.SetReadDeadline(time.Unix(1, 0)) // the host is gone: stop reading
+			return
+		}
+		doneCh <- d
+	}()
+	defer s.Bulk.SetReadDeadline(time.Time{})
+	fail := func(err error) { _ = pc.WriteJSON(proto.TResponse, proto.Response{Error: err.Error()}) }
+	br := bufio.NewReaderSize(s.Bulk, 256<<10)
+	if err := bulk.SkipToMarker(br, req.BulkID); err != nil {
+		fail(fmt.Errorf("bulk channel: %w", err))
+		return
+	}
+	hr := archive.NewHashingReader(br)
+	res, err := archive.Unpack(ctx, hr, req.Path, src, archive.UnpackOptions{Chown: os.Geteuid() == 0})
+	if err != nil {
+		fail(err)
+		return
+	}
+	d := <-doneCh
+	if d.Error != "" {
+		fail(errors.New("the sender failed: " + d.Error))
+		return
+	}
+	if rest := d.Bytes - hr.N(); rest > 0 {
+		if _, err := io.CopyN(io.Discard, hr, rest); err != nil {
+			fail(err)
+			return
+		}
 	}
 	if err := hr.Verify(d.Digest, d.Bytes); err != nil {
 		fail(err)

@@ -10,6 +10,8 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"os"
+	"runtime/debug"
 	"sync"
 	"time"
 
@@ -33,6 +35,9 @@ type Server struct {
 	Guest   Guest
 	// HandshakeTimeout bounds how long an unauthenticated peer may hold a connection.
 	HandshakeTimeout time.Duration
+	// Bulk is the bulk channel's port, if the host gave the guest one.
+	Bulk   *os.File
+	bulkMu sync.Mutex
 
 	initOnce   sync.Once
 	guard      *proto.ReplayGuard
@@ -162,6 +167,9 @@ func (s *Server) dispatch(ctx context.Context, c net.Conn, pc *proto.Conn, req *
 		} else {
 			s.copyIn(ctx, pc, req.Copy)
 		}
+		// A copy's buffers are garbage now; hand the memory back so a large copy
+		// leaves the guest's memory as it found it.
+		debug.FreeOSMemory()
 	case proto.OpConnect:
 		if req.Connect == nil || req.Connect.Validate() != nil {
 			s.badRequest(pc, "connect: missing or bad port")

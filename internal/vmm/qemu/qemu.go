@@ -67,6 +67,7 @@ type instance struct {
 	qmp        *QMP
 	console    net.Conn
 	agent      net.Conn
+	ports      []net.Conn
 	startTime  uint64
 	exited     chan struct{}
 	eventsDone chan struct{} // closed when the QMP event stream has ended
@@ -90,7 +91,7 @@ func (b *Backend) Start(ctx context.Context, cfg vmm.Config) (vmm.Instance, erro
 			c.Close()
 		}
 	}
-	for i := 0; i < 3; i++ {
+	for i := 0; i < 3+len(cfg.ExtraPorts); i++ {
 		t, o, err := socketPair()
 		if err != nil {
 			cleanup()
@@ -101,9 +102,12 @@ func (b *Backend) Start(ctx context.Context, cfg vmm.Config) (vmm.Instance, erro
 	}
 	extra := append([]*os.File(nil), theirs...)
 	fds := Fds{QMP: 3, Console: 4, Agent: 5, TAP: -1}
+	for i := range cfg.ExtraPorts {
+		fds.Extra = append(fds.Extra, 6+i)
+	}
 	if cfg.TAP != nil {
 		extra = append(extra, cfg.TAP)
-		fds.TAP = 6
+		fds.TAP = 6 + len(cfg.ExtraPorts)
 	}
 	args := Args(cfg, b.accel, fds)
 	cmd := exec.Command(b.binary, args...)
@@ -111,7 +115,7 @@ func (b *Backend) Start(ctx context.Context, cfg vmm.Config) (vmm.Instance, erro
 	cmd.Stderr = cfg.Stderr
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 
-	inst := &instance{cmd: cmd, console: ours[1], agent: ours[2], exited: make(chan struct{}), eventsDone: make(chan struct{})}
+	inst := &instance{cmd: cmd, console: ours[1], agent: ours[2], ports: ours[3:], exited: make(chan struct{}), eventsDone: make(chan struct{})}
 	started := make(chan error, 1)
 	go func() {
 		// PDEATHSIG fires when the thread that forked exits, not the process, so the
@@ -213,6 +217,7 @@ func (i *instance) setExit(err error) {
 }
 
 func (i *instance) PID() int          { return i.cmd.Process.Pid }
+func (i *instance) Ports() []net.Conn { return i.ports }
 func (i *instance) StartTime() uint64 { return i.startTime }
 func (i *instance) Console() net.Conn { return i.console }
 func (i *instance) Agent() vmm.AgentChannel {
