@@ -156,9 +156,27 @@ func TestAgentExec(t *testing.T) {
 		}
 	})
 
-	t.Run("ten at once", func(t *testing.T) {
+	t.Run("ten execs and a copy at once", func(t *testing.T) {
 		var wg sync.WaitGroup
-		errs := make(chan error, 10)
+		errs := make(chan error, 11)
+		payload := filepath.Join(t.TempDir(), "payload")
+		data := make([]byte, 16<<20)
+		rand.Read(data)
+		os.WriteFile(payload, data, 0o644)
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			_, err := cl.CopyIn(ctx, payload, "/tmp/concurrent.bin")
+			if err == nil {
+				var out bytes.Buffer
+				sum := sha256.Sum256(data)
+				_, err = cl.Exec(ctx, client.ExecOptions{Argv: []string{"sha256sum", "/tmp/concurrent.bin"}, Stdout: &out})
+				if err == nil && !strings.HasPrefix(out.String(), hex.EncodeToString(sum[:])) {
+					err = fmt.Errorf("copied file differs: %s", out.String())
+				}
+			}
+			errs <- err
+		}()
 		for i := 0; i < 10; i++ {
 			wg.Add(1)
 			go func() {
