@@ -88,7 +88,7 @@ func TestAgentExec(t *testing.T) {
 		}
 		before := rss()
 		var n countingWriter
-		ex, err := cl.Exec(ctx, client.ExecOptions{Argv: []string{"head", "-c", "104857600", "/dev/zero"}, Stdout: &n})
+		ex, err := cl.Exec(ctx, client.ExecOptions{Argv: []string{"dd", "if=/dev/zero", "bs=1M", "count=100"}, Stdout: &n})
 		if err != nil || ex.Code != 0 || n != 100<<20 {
 			t.Fatalf("%+v %v %d bytes", ex, err, n)
 		}
