@@ -15,8 +15,8 @@ import (
 // inspectView is `inspect --json`: the VM as ls shows it, plus what the guest says.
 type inspectView struct {
 	vmView
-	Ports []vm.PortSpec    `json:"ports"`
-	Guest *proto.AgentInfo `json:"guest"`
+	EgressResolved []string         `json:"egress_resolved"`
+	Guest          *proto.AgentInfo `json:"guest"`
 }
 
 func newInspectCmd(a *app) *cobra.Command {
@@ -34,9 +34,9 @@ func newInspectCmd(a *app) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			v := inspectView{vmView: viewOf(rec), Ports: rec.Spec.Ports, Guest: info}
-			if v.Ports == nil {
-				v.Ports = []vm.PortSpec{}
+			v := inspectView{vmView: viewOf(rec), EgressResolved: rec.EgressResolved, Guest: info}
+			if v.EgressResolved == nil {
+				v.EgressResolved = []string{}
 			}
 			if asJSON {
 				return ui.JSON(a.stdout, v)
@@ -60,6 +60,11 @@ func newInspectCmd(a *app) *cobra.Command {
 				ports = append(ports, p.String())
 			}
 			row("Ports", orDash(strings.Join(ports, ", ")))
+			egress := rec.Spec.Egress.String()
+			if len(rec.EgressResolved) > 0 {
+				egress += " (" + strings.Join(rec.EgressResolved, ", ") + ")"
+			}
+			row("Egress", egress)
 			row("Image", v.Image+" ("+shortDigest(v.ImageDigest)+", kernel "+v.Kernel+")")
 			row("Created", v.CreatedAt.Local().Format(time.RFC3339))
 			if info == nil {

@@ -13,25 +13,27 @@ import (
 
 // vmView is the stable, scriptable shape of a VM in `ls --json`.
 type vmView struct {
-	Name        string     `json:"name"`
-	ID          string     `json:"id"`
-	State       string     `json:"state"`
-	Backend     string     `json:"backend"`
-	Accel       string     `json:"accel"`
-	CPUs        int        `json:"cpus"`
-	MemoryMiB   int64      `json:"memory_mib"`
-	DataDiskMiB int64      `json:"data_disk_mib"`
-	Network     string     `json:"network"`
-	IP          string     `json:"ip"`
-	MAC         string     `json:"mac"`
-	Image       string     `json:"image"`
-	ImageDigest string     `json:"image_digest"`
-	Kernel      string     `json:"kernel"`
-	CreatedAt   time.Time  `json:"created_at"`
-	StartedAt   *time.Time `json:"started_at"`
-	ReadyAt     *time.Time `json:"ready_at"`
-	ExitedAt    *time.Time `json:"exited_at"`
-	ExitReason  string     `json:"exit_reason"`
+	Name        string        `json:"name"`
+	ID          string        `json:"id"`
+	State       string        `json:"state"`
+	Backend     string        `json:"backend"`
+	Accel       string        `json:"accel"`
+	CPUs        int           `json:"cpus"`
+	MemoryMiB   int64         `json:"memory_mib"`
+	DataDiskMiB int64         `json:"data_disk_mib"`
+	Network     string        `json:"network"`
+	IP          string        `json:"ip"`
+	MAC         string        `json:"mac"`
+	Image       string        `json:"image"`
+	ImageDigest string        `json:"image_digest"`
+	Kernel      string        `json:"kernel"`
+	CreatedAt   time.Time     `json:"created_at"`
+	StartedAt   *time.Time    `json:"started_at"`
+	ReadyAt     *time.Time    `json:"ready_at"`
+	ExitedAt    *time.Time    `json:"exited_at"`
+	ExitReason  string        `json:"exit_reason"`
+	Ports       []vm.PortSpec `json:"ports"`
+	Egress      string        `json:"egress"`
 }
 
 func timePtr(t time.Time) *time.Time {
@@ -46,12 +48,15 @@ func viewOf(r vm.Record) vmView {
 	if r.IP != "" {
 		ip, _, _ = strings.Cut(r.IP, "/")
 	}
+	if r.Spec.Ports == nil {
+		r.Spec.Ports = []vm.PortSpec{}
+	}
 	return vmView{
 		Name: r.Spec.Name, ID: r.ID, State: string(r.State), Backend: r.Backend, Accel: r.Accel,
 		CPUs: r.Spec.CPUs, MemoryMiB: r.Spec.MemoryMiB, DataDiskMiB: r.Spec.DataDiskMiB, Network: r.Spec.Network,
 		IP: ip, MAC: r.MAC, Image: r.Spec.Image, ImageDigest: r.ImageRef, Kernel: r.Kernel,
 		CreatedAt: r.CreatedAt, StartedAt: timePtr(r.StartedAt), ReadyAt: timePtr(r.ReadyAt), ExitedAt: timePtr(r.ExitedAt),
-		ExitReason: r.ExitReason,
+		ExitReason: r.ExitReason, Ports: r.Spec.Ports, Egress: r.Spec.Egress.String(),
 	}
 }
 
@@ -84,7 +89,7 @@ func newLsCmd(a *app) *cobra.Command {
 				}
 				return nil
 			}
-			t := ui.NewTable(a.stdout, "NAME", "STATE", "BACKEND", "ACCEL", "CPUS", "MEMORY", "IP", "UPTIME", "IMAGE")
+			t := ui.NewTable(a.stdout, "NAME", "STATE", "BACKEND", "ACCEL", "CPUS", "MEMORY", "IP", "UPTIME", "IMAGE", "NETWORK", "PORTS")
 			for _, r := range recs {
 				v := viewOf(r)
 				uptime, ip := "-", "-"
@@ -96,7 +101,12 @@ func newLsCmd(a *app) *cobra.Command {
 						ip = v.IP
 					}
 				}
-				t.Row(v.Name, v.State, v.Backend, orDash(v.Accel), fmt.Sprint(v.CPUs), vm.FormatMiB(v.MemoryMiB), ip, uptime, v.Image)
+				var ports []string
+				for _, p := range r.Spec.Ports {
+					ports = append(ports, p.String())
+				}
+				t.Row(v.Name, v.State, v.Backend, orDash(v.Accel), fmt.Sprint(v.CPUs), vm.FormatMiB(v.MemoryMiB), ip, uptime, v.Image,
+					v.Network, orDash(strings.Join(ports, ",")))
 			}
 			return t.Flush()
 		},

@@ -138,7 +138,7 @@ Start with:
 	root.AddCommand(
 		newBootstrapCmd(a), newUpCmd(a), newExecCmd(a), newLsCmd(a), newLogsCmd(a), newConsoleCmd(a),
 		newDownCmd(a), newCpCmd(a), newForwardCmd(a), newInspectCmd(a), newImageCmd(a), newDoctorCmd(a), newVersionCmd(a),
-		newBenchCmd(a), newSuperviseCmd(a),
+		newBenchCmd(a), newNetworkCmd(a), newSuperviseCmd(a),
 	)
 	return root
 }

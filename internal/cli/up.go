@@ -26,6 +26,7 @@ func newUpCmd(a *app) *cobra.Command {
 		detach      bool
 		bootTimeout time.Duration
 		publish     []string
+		egress      string
 	)
 	c := &cobra.Command{
 		Use:   "up [flags]",
@@ -37,6 +38,9 @@ func newUpCmd(a *app) *cobra.Command {
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) (err error) {
 			if spec.Ports, err = vm.ParsePorts(publish); err != nil {
+				return err
+			}
+			if spec.Egress, err = vm.ParseEgress(egress); err != nil {
 				return err
 			}
 			if spec.MemoryMiB, err = vm.ParseMiB("--memory", memory, vm.MinMemoryMiB); err != nil {
@@ -99,7 +103,9 @@ func newUpCmd(a *app) *cobra.Command {
 	f.IntVar(&spec.CPUs, "cpus", 1, "virtual CPUs (1 to the host's core count)")
 	f.StringVar(&memory, "memory", "512M", "guest memory, e.g. 512M or 1G (at least 128M)")
 	f.StringVar(&dataDisk, "data-disk", "", "add a data drive of this size (vdd, mounted at /mnt/data), e.g. 256M")
-	f.StringVar(&spec.Network, "network", vm.NetworkDefault, "network: default (bridge with a static address) or none (no NIC)")
+	f.StringVar(&spec.Network, "network", vm.NetworkDefault, "network to join: default, one made with `mvmctl network create`, or none (no NIC)")
+	f.StringVar(&egress, "egress", "allow", "outbound traffic: allow, deny (only the gateway's DNS), or allow=HOST:PORT[,HOST:PORT...]\n"+
+		"(names are resolved when the VM starts)")
 	f.StringVar(&spec.Hypervisor, "hypervisor", vm.HypervisorAuto, "hypervisor: auto, qemu or firecracker")
 	f.BoolVarP(&detach, "detach", "d", false, "run in the background and return once the guest agent answers")
 	f.DurationVar(&bootTimeout, "boot-timeout", 2*time.Minute, "give up if the guest agent has not answered by then")

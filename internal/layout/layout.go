@@ -3,6 +3,7 @@
 package layout
 
 import (
+	"encoding/json"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -116,4 +117,30 @@ func (v VMDir) RemoveRuntimeFiles() {
 			_ = os.RemoveAll(m)
 		}
 	}
+}
+
+// Config is the root's optional config file, config.json.
+type Config struct {
+	// DefaultSubnet fixes the default network's subnet (else one not overlapping the
+	// host's routes is chosen).
+	DefaultSubnet string `json:"default_subnet,omitempty"`
+}
+
+// ConfigFile is the path of the root's config file.
+func (r Root) ConfigFile() string { return filepath.Join(r.Dir, "config.json") }
+
+// ReadConfig reads the config file; a missing one is an empty config.
+func ReadConfig(r Root) (Config, error) {
+	var c Config
+	b, err := os.ReadFile(r.ConfigFile())
+	if os.IsNotExist(err) {
+		return c, nil
+	}
+	if err != nil {
+		return c, err
+	}
+	if err := json.Unmarshal(b, &c); err != nil {
+		return c, fmt.Errorf("%s: %w", r.ConfigFile(), err)
+	}
+	return c, nil
 }

@@ -36,6 +36,22 @@ var DefaultCandidates = []string{
 	"172.30.77.0/24", "172.30.78.0/24", "172.31.77.0/24", "10.213.77.0/24", "10.214.77.0/24", "192.168.213.0/24",
 }
 
+// NamedBridge names a named network's bridge: "mvn" and 8 hex digits of a hash of the
+// root and the name, so names of any length fit IFNAMSIZ and roots never share one.
+func NamedBridge(root, name string) string {
+	sum := sha256.Sum256([]byte(root + "\x00" + name))
+	return "mvn" + hex.EncodeToString(sum[:4])
+}
+
+// NamedCandidates are the subnets tried for a named network without --subnet.
+func NamedCandidates() []string {
+	var out []string
+	for i := 0; i < 200; i++ {
+		out = append(out, fmt.Sprintf("10.%d.%d.0/24", 140+i/100, i%100))
+	}
+	return out
+}
+
 // ChooseSubnet picks the first candidate that overlaps none of the host's prefixes.
 func ChooseSubnet(candidates []string, used []netip.Prefix) (netip.Prefix, error) {
 	for _, c := range candidates {
@@ -194,4 +210,17 @@ func DeleteLink(name string) error {
 		return nil
 	}
 	return netlink.LinkDel(l)
+}
+
+// IsolatePort sets a bridge port's isolated flag: isolated ports reach only
+// non-isolated ones (the bridge itself, i.e. the gateway), never each other.
+func IsolatePort(name string) error {
+	l, err := netlink.LinkByName(name)
+	if err == nil {
+		err = netlink.LinkSetIsolated(l, true)
+	}
+	if err != nil {
+		return fmt.Errorf("isolate bridge port %s: %w", name, err)
+	}
+	return nil
 }

@@ -5,6 +5,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/mvm-dev/mvm/internal/netsync"
 	"github.com/mvm-dev/mvm/internal/network"
 	"github.com/mvm-dev/mvm/internal/procutil"
 	"github.com/mvm-dev/mvm/internal/store"
@@ -60,7 +61,12 @@ func (r *Runtime) cleanupDead(rec vm.Record) {
 	if rec.State == vm.StateCreating {
 		reason = "mvmctl died while creating the VM; cleaned up"
 	}
-	err = r.Store.Update(func(tx *store.Tx) error { return tx.MarkExited(rec.Spec.Name, rec.ID, reason, time.Now()) })
+	err = r.Store.Update(func(tx *store.Tx) error {
+		if err := tx.MarkExited(rec.Spec.Name, rec.ID, reason, time.Now()); err != nil {
+			return err
+		}
+		return netsync.Sync(tx, r.table()) // the dead VM's rules go too
+	})
 	if err != nil {
 		r.Log.Warn("reconcile", "vm", rec.Spec.Name, "err", err)
 		return

@@ -15,7 +15,6 @@ import (
 	"time"
 
 	"github.com/mvm-dev/mvm/internal/forward"
-	"github.com/mvm-dev/mvm/internal/layout"
 	"github.com/mvm-dev/mvm/internal/network"
 	"github.com/mvm-dev/mvm/internal/procutil"
 	"github.com/mvm-dev/mvm/internal/store"
@@ -71,9 +70,9 @@ func (r *Runtime) Validate(spec vm.Spec) error {
 	if err := forward.CheckFree(spec.Ports); err != nil {
 		return err
 	}
-	if spec.Network == vm.NetworkDefault {
+	if spec.Network != vm.NetworkNone {
 		if os.Geteuid() != 0 {
-			return errors.New("the default network needs root (it creates a bridge and a TAP): run as root, or use --network none")
+			return errors.New("a VM on a network needs root (it creates a bridge and a TAP): run as root, or use --network none")
 		}
 		if _, err := os.Stat("/dev/net/tun"); err != nil {
 			return errors.New("/dev/net/tun is missing: load the tun module (`modprobe tun`), or use --network none")
@@ -108,7 +107,7 @@ func (r *Runtime) Up(ctx context.Context, o UpOptions) (*Started, error) {
 		return nil, err
 	}
 	var hostPrefixes []netip.Prefix
-	bridge := network.BridgeFor(r.Root.Dir, layout.DefaultRoot)
+	bridge := r.bridgeName(vm.NetworkDefault)
 	if o.Spec.Network == vm.NetworkDefault {
 		if hostPrefixes, err = network.HostPrefixes(bridge); err != nil {
 			return nil, err
@@ -145,8 +144,14 @@ func (r *Runtime) Up(ctx context.Context, o UpOptions) (*Started, error) {
 		} else if tx.HasVM(rec.Spec.Name) {
 			return fmt.Errorf("a VM named %q already exists: pick another --name, or remove it with `mvmctl down %s`", rec.Spec.Name, rec.Spec.Name)
 		}
-		if rec.Spec.Network == vm.NetworkDefault {
-			n, err := ensureDefaultNetwork(tx, bridge, hostPrefixes)
+		if rec.Spec.Network != vm.NetworkNone {
+			var n store.Network
+			var err error
+			if rec.Spec.Network == vm.NetworkDefault {
+				n, err = ensureDefaultNetwork(tx, bridge, hostPrefixes, r.defaultSubnet())
+			} else if n, err = tx.Network(rec.Spec.Network); err != nil {
+				return fmt.Errorf("network %q does not exist: create it with `mvmctl network create %s`, or see `mvmctl network ls`", rec.Spec.Network, rec.Spec.Network)
+			}
 			if err != nil {
 				return err
 			}
@@ -176,7 +181,7 @@ func (r *Runtime) Up(ctx context.Context, o UpOptions) (*Started, error) {
 	return st, nil
 }
 
-func ensureDefaultNetwork(tx *store.Tx, bridge string, hostPrefixes []netip.Prefix) (store.Network, error) {
+func ensureDefaultNetwork(tx *store.Tx, bridge string, hostPrefixes []netip.Prefix, fixed netip.Prefix) (store.Network, error) {
 	n, err := tx.Network(vm.NetworkDefault)
 	if err == nil {
 		return n, nil
@@ -184,11 +189,20 @@ func ensureDefaultNetwork(tx *store.Tx, bridge string, hostPrefixes []netip.Pref
 	if !errors.Is(err, store.ErrNotFound) {
 		return n, err
 	}
-	subnet, err := network.ChooseSubnet(network.DefaultCandidates, hostPrefixes)
-	if err != nil {
-		return n, err
+	subnet := fixed
+	if !subnet.IsValid() {
+		nets, err := tx.Networks()
+		if err != nil {
+			return n, err
+		}
+		for _, other := range nets {
+			hostPrefixes = append(hostPrefixes, other.Subnet)
+		}
+		if subnet, err = network.ChooseSubnet(network.DefaultCandidates, hostPrefixes); err != nil {
+			return n, err
+		}
 	}
-	n = store.Network{Name: vm.NetworkDefault, Bridge: bridge, Subnet: subnet,
+	n = store.Network{Name: vm.NetworkDefault, Bridge: bridge, Subnet: subnet, NAT: true,
 		Gateway: subnet.Addr().Next(), Created: time.Now().UTC()}
 	return n, tx.PutNetwork(n)
 }

@@ -196,11 +196,61 @@ func (t *Tx) MarkExited(name, id, reason string, at time.Time) error {
 
 // Network is a bridge with a subnet that VMs get addresses from.
 type Network struct {
-	Name    string       `json:"name"`
-	Bridge  string       `json:"bridge"`
-	Subnet  netip.Prefix `json:"subnet"`
-	Gateway netip.Addr   `json:"gateway"`
-	Created time.Time    `json:"created"`
+	Name     string       `json:"name"`
+	Bridge   string       `json:"bridge"`
+	Subnet   netip.Prefix `json:"subnet"`
+	Gateway  netip.Addr   `json:"gateway"`
+	NAT      bool         `json:"nat"`
+	Isolated bool         `json:"isolated"`
+	// DNS are the resolvers the gateway's DNS forwards to; empty: the host's own.
+	DNS     []netip.AddrPort `json:"dns,omitempty"`
+	Created time.Time        `json:"created"`
+}
+
+// Networks returns every network, by name.
+func (t *Tx) Networks() ([]Network, error) {
+	var out []Network
+	b := t.tx.Bucket(bucketNetworks)
+	if b == nil {
+		return nil, nil
+	}
+	err := b.ForEach(func(_, raw []byte) error {
+		var n Network
+		if err := json.Unmarshal(raw, &n); err != nil {
+			return err
+		}
+		out = append(out, n)
+		return nil
+	})
+	return out, err
+}
+
+// DeleteNetwork removes a network and its allocations.
+func (t *Tx) DeleteNetwork(name string) error {
+	if err := t.tx.Bucket(bucketNetworks).Delete([]byte(name)); err != nil {
+		return err
+	}
+	if t.tx.Bucket(bucketIPs).Bucket([]byte(name)) != nil {
+		return t.tx.Bucket(bucketIPs).DeleteBucket([]byte(name))
+	}
+	return nil
+}
+
+// Meta returns a value of the store's own bookkeeping ("" if unset).
+func (t *Tx) Meta(key string) string {
+	b := t.tx.Bucket(bucketMeta)
+	if b == nil {
+		return ""
+	}
+	return string(b.Get([]byte(key)))
+}
+
+// SetMeta sets (or, with "", deletes) a bookkeeping value.
+func (t *Tx) SetMeta(key, value string) error {
+	if value == "" {
+		return t.tx.Bucket(bucketMeta).Delete([]byte(key))
+	}
+	return t.tx.Bucket(bucketMeta).Put([]byte(key), []byte(value))
 }
 
 // Network returns a network by name.

@@ -11,7 +11,6 @@ import (
 	"io"
 	"log/slog"
 	"net"
-	"net/netip"
 	"os"
 	"os/signal"
 	"strings"
@@ -21,10 +20,12 @@ import (
 	"github.com/mvm-dev/mvm/internal/agent/client"
 	"github.com/mvm-dev/mvm/internal/agent/hybrid"
 	"github.com/mvm-dev/mvm/internal/agent/proto"
+	"github.com/mvm-dev/mvm/internal/dnsfwd"
 	"github.com/mvm-dev/mvm/internal/drive"
 	"github.com/mvm-dev/mvm/internal/forward"
 	"github.com/mvm-dev/mvm/internal/image"
 	"github.com/mvm-dev/mvm/internal/layout"
+	"github.com/mvm-dev/mvm/internal/netsync"
 	"github.com/mvm-dev/mvm/internal/network"
 	"github.com/mvm-dev/mvm/internal/procutil"
 	"github.com/mvm-dev/mvm/internal/store"
@@ -64,6 +65,7 @@ type supervisor struct {
 	hub      *consoleHub
 	lns      []net.Listener
 	ports    []forward.Listener
+	dns      *dnsfwd.Forwarder
 	stopCh   chan time.Duration
 	status   *json.Encoder
 }
@@ -172,19 +174,8 @@ func (s *supervisor) start(ctx context.Context) error {
 	if err := s.prepareDrives(ctx, img); err != nil {
 		return err
 	}
-	if s.rec.Spec.Network == vm.NetworkDefault {
-		gw, err := netip.ParseAddr(s.rec.Gateway)
-		if err != nil {
-			return fmt.Errorf("record has bad gateway %q", s.rec.Gateway)
-		}
-		ip, err := netip.ParsePrefix(s.rec.IP)
-		if err != nil {
-			return fmt.Errorf("record has bad address %q", s.rec.IP)
-		}
-		if err := network.EnsureBridge(s.rec.Bridge, netip.PrefixFrom(gw, ip.Bits())); err != nil {
-			return err
-		}
-		if s.tap, err = network.CreateTAP(s.rec.TAP, s.rec.Bridge); err != nil {
+	if s.rec.Spec.Network != vm.NetworkNone {
+		if err := s.setupNetwork(ctx); err != nil {
 			return err
 		}
 	}
@@ -472,7 +463,16 @@ func (s *supervisor) teardown(reason string) {
 		s.tap.Close()
 	}
 	s.dir.RemoveRuntimeFiles()
-	err := s.st.Update(func(tx *store.Tx) error { return tx.MarkExited(s.o.Name, s.o.ID, reason, time.Now()) })
+	if s.dns != nil {
+		s.dns.Close()
+	}
+	table := network.TableFor(s.o.Root.Dir, layout.DefaultRoot)
+	err := s.st.Update(func(tx *store.Tx) error {
+		if err := tx.MarkExited(s.o.Name, s.o.ID, reason, time.Now()); err != nil {
+			return err
+		}
+		return netsync.Sync(tx, table) // this VM's rules go with it
+	})
 	if err != nil {
 		s.o.Log.Error("record exit", "err", err)
 	}

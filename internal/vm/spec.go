@@ -34,6 +34,7 @@ type Spec struct {
 	Network     string     `json:"network"`
 	Hypervisor  string     `json:"hypervisor"`
 	Ports       []PortSpec `json:"ports,omitempty"`
+	Egress      Egress     `json:"egress"`
 }
 
 // Validate checks a spec against the host's limits. hostCPUs is the number of host cores.
@@ -53,10 +54,11 @@ func (s Spec) Validate(hostCPUs int) error {
 	if s.DataDiskMiB < 0 || (s.DataDiskMiB > 0 && s.DataDiskMiB < MinDataDiskMiB) {
 		return fmt.Errorf("--data-disk %s is too small: use at least %dM", FormatMiB(s.DataDiskMiB), MinDataDiskMiB)
 	}
-	switch s.Network {
-	case NetworkDefault, NetworkNone:
-	default:
-		return fmt.Errorf("--network %q is unknown: use default or none", s.Network)
+	if s.Network != NetworkNone && ValidateName(s.Network) != nil {
+		return fmt.Errorf("--network %q is not a network name: use default, none, or one from `mvmctl network ls`", s.Network)
+	}
+	if s.Network == NetworkNone && s.Egress.Mode != "" && s.Egress.Mode != EgressAllow {
+		return fmt.Errorf("--egress needs a network: a VM with --network none has no traffic to restrict")
 	}
 	switch s.Hypervisor {
 	case HypervisorAuto, HypervisorQEMU, HypervisorFirecracker:
@@ -71,17 +73,19 @@ type Record struct {
 	ID   string `json:"id"`
 	Spec Spec   `json:"spec"`
 
-	State      State  `json:"state"`
-	Backend    string `json:"backend"`
-	Accel      string `json:"accel"`
-	ImageRef   string `json:"image_digest"`
-	Kernel     string `json:"kernel"`
-	IP         string `json:"ip,omitempty"`      // CIDR, e.g. 172.28.0.2/24
-	Gateway    string `json:"gateway,omitempty"` // e.g. 172.28.0.1
-	MAC        string `json:"mac,omitempty"`
-	Bridge     string `json:"bridge,omitempty"`
-	TAP        string `json:"tap,omitempty"`
-	Foreground bool   `json:"foreground,omitempty"`
+	State    State  `json:"state"`
+	Backend  string `json:"backend"`
+	Accel    string `json:"accel"`
+	ImageRef string `json:"image_digest"`
+	Kernel   string `json:"kernel"`
+	IP       string `json:"ip,omitempty"`      // CIDR, e.g. 172.28.0.2/24
+	Gateway  string `json:"gateway,omitempty"` // e.g. 172.28.0.1
+	MAC      string `json:"mac,omitempty"`
+	Bridge   string `json:"bridge,omitempty"`
+	TAP      string `json:"tap,omitempty"`
+	// EgressResolved is Spec.Egress's list as resolved when the VM started (addr:port).
+	EgressResolved []string `json:"egress_resolved,omitempty"`
+	Foreground     bool     `json:"foreground,omitempty"`
 
 	CreatedAt  time.Time `json:"created_at"`
 	StartedAt  time.Time `json:"started_at,omitzero"`

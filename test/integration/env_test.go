@@ -215,7 +215,11 @@ var _ = fmt.Sprint
 
 // inNSDo runs fn with the calling thread in the test's network namespace, so Go code
 // (an HTTP client, a TCP server) can talk to what lives there.
-func (e *env) inNSDo(fn func() error) error {
+func (e *env) inNSDo(fn func() error) error { return inNamedNS(e.ns, fn) }
+
+// inNamedNS runs fn with the calling thread in the named network namespace. Sockets
+// made in fn stay in that namespace when used from other goroutines later.
+func inNamedNS(name string, fn func() error) error {
 	runtime.LockOSThread()
 	defer runtime.UnlockOSThread()
 	orig, err := netns.Get()
@@ -223,7 +227,7 @@ func (e *env) inNSDo(fn func() error) error {
 		return err
 	}
 	defer orig.Close()
-	target, err := netns.GetFromName(e.ns)
+	target, err := netns.GetFromName(name)
 	if err != nil {
 		return err
 	}
