@@ -51,7 +51,7 @@ func newBenchCmd(a *app) *cobra.Command {
 	boot.Flags().IntVar(&runs, "runs", 5, "timed runs of each (after one warm-up)")
 	boot.Flags().BoolVar(&network, "network", false, "also time `up -d` with the default network (bridge + TAP)")
 	boot.Flags().BoolVar(&asJSON, "json", false, "print the report as JSON")
-	c.AddCommand(boot, newBenchAgentCmd(a))
+	c.AddCommand(boot, newBenchAgentCmd(a), newBenchNetworkCmd(a))
 	return c
 }
 
@@ -102,6 +102,37 @@ through each agent (p50, p99), then a file copied each way through the bare chan
 	c.Flags().Int64Var(&size, "size", 256, "MiB copied each way through the bare channel and mvm cp")
 	c.Flags().Int64Var(&qgaSize, "qga-size", 64, "MiB copied each way through qemu-ga (it is much slower)")
 	c.Flags().IntVar(&repeat, "repeat", 3, "rounds of the raw and mvm copies (medians are reported)")
+	c.Flags().BoolVar(&asJSON, "json", false, "print the report as JSON")
+	return c
+}
+
+func newBenchNetworkCmd(a *app) *cobra.Command {
+	var n int
+	var asJSON bool
+	c := &cobra.Command{
+		Use:   "network",
+		Short: "Time host network setup and teardown per VM (TAP, bridge port, rules) against ip(8), in a namespace of its own",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			rep, err := bench.Network(n)
+			if err != nil {
+				return err
+			}
+			if asJSON {
+				return ui.JSON(a.stdout, rep)
+			}
+			t := ui.NewTable(a.stdout, "WHAT", "P50", "P99")
+			t.Row("mvm setup (TAP, bridge port, up, rules)", fmt.Sprintf("%.2f ms", rep.SetupP50), fmt.Sprintf("%.2f ms", rep.SetupP99))
+			t.Row("ip tuntap add + link set master + up", fmt.Sprintf("%.2f ms", rep.IPSetupP50), fmt.Sprintf("%.2f ms", rep.IPSetupP99))
+			t.Row("mvm teardown (TAP released, rules)", fmt.Sprintf("%.2f ms", rep.TeardownP50), fmt.Sprintf("%.2f ms", rep.TeardownP99))
+			t.Row("ip link del", fmt.Sprintf("%.2f ms", rep.IPTeardownP50), fmt.Sprintf("%.2f ms", rep.IPTeardownP99))
+			t.Flush()
+			fmt.Fprintf(a.stdout, "mvm setup split (p50): TAP and bridge port %.2f ms, rules %.2f ms\n", rep.TAPP50, rep.RulesP50)
+			fmt.Fprintf(a.stdout, "p50 ratio mvm/ip: setup %.2f, teardown %.2f (%d VMs)\n", rep.SetupRatioP50, rep.TeardownRatioP50, rep.VMs)
+			return nil
+		},
+	}
+	c.Flags().IntVar(&n, "vms", 50, "VMs' worth of setup to time")
 	c.Flags().BoolVar(&asJSON, "json", false, "print the report as JSON")
 	return c
 }

@@ -9,6 +9,7 @@ import (
 
 	"github.com/google/nftables"
 	"github.com/google/nftables/expr"
+	"github.com/mdlayher/netlink"
 	"golang.org/x/sys/unix"
 )
 
@@ -71,7 +72,7 @@ var accept = nftables.ChainPolicyAccept
 // bridge table (traffic between VMs on one bridge): anti-spoofing (a VM can only send
 // from its own MAC and address) and per-VM egress policy.
 func (fw Firewall) Apply() error {
-	c, err := nftables.New()
+	c, err := nftables.New(nftables.WithSockOptions(bigReceiveBuffer))
 	if err != nil {
 		return fmt.Errorf("nftables: %w", err)
 	}
@@ -165,6 +166,24 @@ func (fw Firewall) Apply() error {
 // Remove deletes mvm's tables, if they exist.
 func RemoveFirewall(table string) error {
 	return Firewall{Table: table}.Apply()
+}
+
+// bigReceiveBuffer makes room for the kernel's acknowledgements of a whole rule set
+// sent as one transaction (one per rule): with many VMs the default buffer overflows
+// (ENOBUFS). FORCE, since mvm runs as root, so rmem_max does not cap it.
+func bigReceiveBuffer(c *netlink.Conn) error {
+	rc, err := c.SyscallConn()
+	if err != nil {
+		return err
+	}
+	var serr error
+	err = rc.Control(func(fd uintptr) {
+		serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_RCVBUFFORCE, 16<<20)
+	})
+	if err != nil {
+		return err
+	}
+	return serr
 }
 
 func flush(c *nftables.Conn) error {
