@@ -53,12 +53,19 @@ func reusePort(network, address string, c syscall.RawConn) error {
 	return serr
 }
 
+// maxInFlight bounds the queries (UDP) and connections (TCP) relayed at once, so a
+// guest flooding its gateway costs the host a bounded amount of memory; beyond it
+// queries are dropped, which DNS clients answer by retrying.
+const maxInFlight = 128
+
 // Forwarder relays DNS for one gateway address.
 type Forwarder struct {
 	udp       net.PacketConn
 	tcp       net.Listener
 	upstreams []netip.AddrPort
 	log       *slog.Logger
+	udpSlots  chan struct{}
+	tcpSlots  chan struct{}
 }
 
 // Listen binds addr:53 (UDP and TCP).
@@ -77,7 +84,8 @@ func Listen(ctx context.Context, addr netip.Addr, upstreams []netip.AddrPort, lo
 		u.Close()
 		return nil, fmt.Errorf("dns: listen on %s: %w", hp, err)
 	}
-	return &Forwarder{udp: u, tcp: t, upstreams: upstreams, log: log}, nil
+	return &Forwarder{udp: u, tcp: t, upstreams: upstreams, log: log,
+		udpSlots: make(chan struct{}, maxInFlight), tcpSlots: make(chan struct{}, maxInFlight)}, nil
 }
 
 // Serve relays until Close.
@@ -89,8 +97,16 @@ func (f *Forwarder) Serve() {
 		if err != nil {
 			return
 		}
+		select {
+		case f.udpSlots <- struct{}{}:
+		default:
+			continue
+		}
 		q := append([]byte(nil), buf[:n]...)
-		go f.relayUDP(q, from)
+		go func() {
+			defer func() { <-f.udpSlots }()
+			f.relayUDP(q, from)
+		}()
 	}
 }
 
@@ -128,7 +144,14 @@ func (f *Forwarder) serveTCP() {
 		if err != nil {
 			return
 		}
+		select {
+		case f.tcpSlots <- struct{}{}:
+		default:
+			c.Close()
+			continue
+		}
 		go func() {
+			defer func() { <-f.tcpSlots }()
 			defer c.Close()
 			for _, up := range f.upstreams {
 				u, err := net.DialTimeout("tcp", up.String(), 2*time.Second)

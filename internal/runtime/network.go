@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"strings"
 	"time"
 
 	"github.com/mvm-dev/mvm/internal/layout"
@@ -138,7 +139,7 @@ func (r *Runtime) NetworkRemove(name string) error {
 			}
 		}
 		if len(users) > 0 {
-			return fmt.Errorf("network %s is in use by %v: remove them first (`mvmctl down`)", name, users)
+			return fmt.Errorf("network %s is in use by %s: take them down first (`mvmctl down %s`)", name, strings.Join(users, ", "), strings.Join(users, " "))
 		}
 		bridge = n.Bridge
 		if err := tx.DeleteNetwork(name); err != nil {

@@ -282,12 +282,14 @@ func (s *supervisor) prepareDrives(ctx context.Context, img image.Image) error {
 	if err := drive.MakeSecrets(ctx, s.dir.Secrets(), s.token); err != nil {
 		return err
 	}
-	gw := ""
+	cfg := drive.ConfigData{Name: s.rec.Spec.Name, ID: s.rec.ID, Hostname: s.rec.Spec.Name,
+		IP: s.rec.IP, Gateway: s.rec.Gateway}
 	if s.rec.Gateway != "" {
-		gw = s.rec.Gateway
+		// The gateway's DNS forwarder is the guest's only resolver: it reaches the
+		// network's upstreams (or the host's, even one on the host's loopback) for it.
+		cfg.ResolvConf = "nameserver " + s.rec.Gateway + "\n"
 	}
-	if err := drive.MakeConfig(ctx, s.dir.Config(), drive.ConfigData{Name: s.rec.Spec.Name, ID: s.rec.ID,
-		Hostname: s.rec.Spec.Name, IP: s.rec.IP, Gateway: gw}); err != nil {
+	if err := drive.MakeConfig(ctx, s.dir.Config(), cfg); err != nil {
 		return err
 	}
 	_ = os.Remove(s.dir.Rootfs())

@@ -84,6 +84,9 @@ func TestBootExecAndContract(t *testing.T) {
 	if got := e.mustExec("web", "cat", "/etc/resolv.conf"); got != "nameserver "+gw+"\n" {
 		t.Errorf("resolv.conf %q, want the gateway %s", got, gw)
 	}
+	if got := e.mustExec("web", "cat", "/mnt/config/resolv.conf"); got != "nameserver "+gw+"\n" {
+		t.Errorf("config drive resolv.conf %q, want the gateway %s", got, gw)
+	}
 	// Host to guest and guest to host, on the bridge in this test's namespace.
 	if out, err := e.inNS("busybox", "ping", "-c", "2", "-W", "3", v.IP); err != nil {
 		t.Errorf("host cannot reach the guest: %v: %s", err, out)
