@@ -33,6 +33,10 @@ func (g *fakeGuest) Info() proto.AgentInfo {
 }
 func (g *fakeGuest) SetTime(ns int64) error { g.lastTime.Store(ns); return nil }
 func (g *fakeGuest) Poweroff()              { g.poweroffs.Add(1) }
+func (g *fakeGuest) Identify(req proto.Identify) ([]byte, map[string]float64, error) {
+	g.lastTime.Store(req.UnixNano)
+	return []byte("restored-token-0123456789"), map[string]float64{"clock": 0.1}, nil
+}
 
 // stack runs the real guest server behind the real link, the hybrid socket on the
 // host, and returns the socket path: the same path every mvmctl command takes.
@@ -104,6 +108,28 @@ func stackWithBulk(t *testing.T, token []byte) (string, *fakeGuest, *hybrid.Excl
 }
 
 var goodToken = []byte("guest-token-0123456789")
+
+// After identify the agent accepts only the new VM's token: a clone answers nobody
+// holding the snapshot's.
+func TestIdentifySwapsToken(t *testing.T) {
+	sock, g := stack(t, goodToken)
+	ctx := context.Background()
+	old := client.NewHybrid(sock, goodToken)
+	if _, err := old.Identify(ctx, time.Now(), make([]byte, 8)); err == nil {
+		t.Error("identify with too little entropy accepted")
+	}
+	now := time.Now()
+	steps, err := old.Identify(ctx, now, bytes.Repeat([]byte{7}, 64))
+	if err != nil || steps["clock"] != 0.1 || g.lastTime.Load() != now.UnixNano() {
+		t.Fatalf("identify: %v %v", steps, err)
+	}
+	if _, err := old.Ping(ctx); err == nil {
+		t.Error("the snapshot's token still works after identify")
+	}
+	if _, err := client.NewHybrid(sock, []byte("restored-token-0123456789")).Ping(ctx); err != nil {
+		t.Errorf("the new token does not work: %v", err)
+	}
+}
 
 func TestPingAndSetTime(t *testing.T) {
 	sock, g := stack(t, goodToken)

@@ -57,6 +57,7 @@ type agentGuest struct {
 	cmdline Cmdline
 	token   []byte
 	bootMs  int64
+	drives  map[string]string // mounted contract drives: label -> device
 }
 
 func (a *agentGuest) boot() error {
@@ -87,7 +88,7 @@ func (a *agentGuest) boot() error {
 	if err := mountRuntime(); err != nil {
 		a.log.Warn("runtime mounts", "err", err)
 	}
-	drives := mountDrives(a.log)
+	a.drives = mountDrives(a.log)
 	hostname := a.cmdline["mvm.hostname"]
 	if h, err := readTrimmed("/mnt/config/hostname"); err == nil && h != "" {
 		hostname = h
@@ -109,7 +110,7 @@ func (a *agentGuest) boot() error {
 	if err := writeHosts(hostname, nc, haveNet && netErr == nil); err != nil {
 		a.log.Warn("hosts", "err", err)
 	}
-	if _, ok := drives[LabelSecrets]; !ok {
+	if _, ok := a.drives[LabelSecrets]; !ok {
 		return errors.New("secrets drive (label mvm-secrets) not found: the agent has no token and refuses to serve")
 	}
 	return a.loadToken()

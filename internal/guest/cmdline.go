@@ -54,20 +54,29 @@ func (c Cmdline) Net() (NetConfig, bool, error) {
 	if !ok || ip == "" {
 		return NetConfig{}, false, nil
 	}
+	nc, err := ParseNet(ip, c["mvm.gw"])
+	if err != nil {
+		return NetConfig{}, false, fmt.Errorf("mvm.%w", err)
+	}
+	return nc, true, nil
+}
+
+// ParseNet checks an IPv4 CIDR and an optional gateway inside it.
+func ParseNet(ip, gw string) (NetConfig, error) {
 	p, err := netip.ParsePrefix(ip)
 	if err != nil || !p.Addr().Is4() {
-		return NetConfig{}, false, fmt.Errorf("mvm.ip=%q is not an IPv4 CIDR such as 10.0.0.2/24", ip)
+		return NetConfig{}, fmt.Errorf("ip=%q is not an IPv4 CIDR such as 10.0.0.2/24", ip)
 	}
 	nc := NetConfig{Addr: p}
-	if gw := c["mvm.gw"]; gw != "" {
+	if gw != "" {
 		g, err := netip.ParseAddr(gw)
 		if err != nil || !g.Is4() {
-			return NetConfig{}, false, fmt.Errorf("mvm.gw=%q is not an IPv4 address", gw)
+			return NetConfig{}, fmt.Errorf("gw=%q is not an IPv4 address", gw)
 		}
 		if !p.Masked().Contains(g) {
-			return NetConfig{}, false, fmt.Errorf("mvm.gw=%s is outside %s", g, p.Masked())
+			return NetConfig{}, fmt.Errorf("gw=%s is outside %s", g, p.Masked())
 		}
 		nc.Gateway = g
 	}
-	return nc, true, nil
+	return nc, nil
 }

@@ -3,6 +3,7 @@ package guest
 import (
 	"bytes"
 	"encoding/binary"
+	"fmt"
 	"io"
 	"log/slog"
 	"os"
@@ -43,7 +44,8 @@ func ext4Label(r io.ReaderAt) (string, bool) {
 }
 
 // mountDrives finds the contract's drives by label among /dev/vd[b-z] and mounts them.
-// A missing drive is not an error: only the rootfs is required.
+// A missing drive is not an error: only the rootfs is required. It returns the
+// mounted drives' devices by label.
 func mountDrives(log *slog.Logger) map[string]string {
 	found := map[string]string{}
 	devs, _ := filepath.Glob("/dev/vd[b-z]")
@@ -68,9 +70,35 @@ func mountDrives(log *slog.Logger) map[string]string {
 			log.Error("drive not mounted", "label", d.label, "dev", dev, "err", err)
 			continue
 		}
-		mounted[d.label] = d.target
+		mounted[d.label] = dev
 	}
 	return mounted
+}
+
+// remountDrive mounts a drive afresh after its image was swapped underneath the guest
+// (a restore gives every VM its own config and secrets): umount, drop the block
+// device's buffers, mount. Anything less serves the old image's cached blocks, or
+// garbage read through the old layout (measured, see the snapshot facts).
+func remountDrive(label, dev string) error {
+	for _, d := range contractDrives {
+		if d.label != label {
+			continue
+		}
+		if err := unix.Unmount(d.target, 0); err != nil && err != unix.EINVAL {
+			return fmt.Errorf("umount %s: %w", d.target, err)
+		}
+		f, err := os.Open(dev)
+		if err != nil {
+			return err
+		}
+		err = unix.IoctlSetInt(int(f.Fd()), unix.BLKFLSBUF, 0)
+		f.Close()
+		if err != nil {
+			return fmt.Errorf("flush %s: %w", dev, err)
+		}
+		return mountIfNeeded(dev, d.target, "ext4", d.flags, "")
+	}
+	return fmt.Errorf("no drive labelled %s in the contract", label)
 }
 
 func readTrimmed(path string) (string, error) {

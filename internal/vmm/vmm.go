@@ -33,6 +33,10 @@ type Config struct {
 	ExtraPorts []string
 	// Stderr receives the hypervisor's own diagnostics.
 	Stderr io.Writer
+	// RestoreFrom, when set, is a saved state (from Instance.SaveState of a VM with
+	// the same CPUs, memory and devices) that the new instance loads instead of
+	// booting. Start returns once it is loaded, with the VM paused: Resume runs it.
+	RestoreFrom io.Reader
 }
 
 // AgentChannel is how the host reaches the guest agent: either a byte stream to a
@@ -62,6 +66,17 @@ type Instance interface {
 	Wait() Exit
 	// Kill stops the hypervisor now (no guest cooperation), and waits for it.
 	Kill(ctx context.Context) error
+	// Pause stops the vCPUs; Resume lets them go on.
+	Pause(ctx context.Context) error
+	Resume(ctx context.Context) error
+	// SaveState writes the device and memory state of a paused VM to w. The VM stays
+	// paused: Resume continues it, Kill ends it.
+	SaveState(ctx context.Context, w io.Writer) error
+	// Announce makes the guest's current MAC and address known on its network again
+	// (gratuitous ARP), as needed after a restore gave it a new identity.
+	Announce(ctx context.Context) error
+	// Version is the hypervisor's version, recorded in snapshots.
+	Version(ctx context.Context) (string, error)
 }
 
 // Backend starts instances.

@@ -220,6 +220,20 @@ func (cl *Client) SetTime(ctx context.Context, t time.Time) error {
 	return err
 }
 
+// Identify gives a guest restored from a snapshot its own identity (see
+// proto.Identify). The client authenticates with the token it was made with (the
+// snapshot's); afterwards the agent only accepts the new VM's token.
+func (cl *Client) Identify(ctx context.Context, now time.Time, entropy []byte) (map[string]float64, error) {
+	resp, err := cl.simple(ctx, proto.Request{Op: proto.OpIdentify, Identify: &proto.Identify{UnixNano: now.UnixNano(), Entropy: entropy}})
+	if err != nil {
+		return nil, err
+	}
+	if resp.Identified == nil {
+		return nil, nil
+	}
+	return resp.Identified.StepsMs, nil
+}
+
 // Poweroff asks the guest to shut down cleanly.
 func (cl *Client) Poweroff(ctx context.Context) error {
 	_, err := cl.simple(ctx, proto.Request{Op: proto.OpPoweroff})

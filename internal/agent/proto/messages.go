@@ -43,6 +43,7 @@ const (
 	OpConnect  = "connect"  // the stream becomes a TCP connection to a guest port
 	OpCopyIn   = "copy_in"  // the host sends a tar stream to unpack in the guest
 	OpCopyOut  = "copy_out" // the agent sends a tar stream of a guest path
+	OpIdentify = "identify" // after a restore: take on the identity on the (new) drives
 )
 
 // Request asks the agent to do one thing. One request per connection.
@@ -52,6 +53,8 @@ type Request struct {
 	SetTime *SetTime     `json:"settime,omitempty"`
 	Connect *Connect     `json:"connect,omitempty"`
 	Copy    *Copy        `json:"copy,omitempty"`
+	// Identify is sent once after a restore from a snapshot.
+	Identify *Identify `json:"identify,omitempty"`
 }
 
 // Connect asks for a TCP connection from the guest to Host:Port (Host defaults to
@@ -188,6 +191,37 @@ func indexByte(s string, c byte) int {
 	return -1
 }
 
+// Identify makes a guest restored from a snapshot its own machine: the clock from the
+// host, the kernel's random state reseeded with the host's entropy, and the hostname,
+// network, config and secrets read again from the drives the new VM was given. The
+// agent answers with the new token in use for every later connection.
+type Identify struct {
+	UnixNano int64  `json:"unix_nano"`
+	Entropy  []byte `json:"entropy"`
+}
+
+// Entropy bounds for Identify, in bytes.
+const (
+	MinIdentifyEntropy = 32
+	MaxIdentifyEntropy = 512
+)
+
+// Validate checks an identify request.
+func (i *Identify) Validate() error {
+	if i.UnixNano <= 0 {
+		return errors.New("identify: missing time")
+	}
+	if len(i.Entropy) < MinIdentifyEntropy || len(i.Entropy) > MaxIdentifyEntropy {
+		return fmt.Errorf("identify: entropy must be %d to %d bytes", MinIdentifyEntropy, MaxIdentifyEntropy)
+	}
+	return nil
+}
+
+// Identified reports what an identify did, step by step, in milliseconds.
+type Identified struct {
+	StepsMs map[string]float64 `json:"steps_ms"`
+}
+
 // SetTime sets the guest wall clock.
 type SetTime struct {
 	UnixNano int64 `json:"unix_nano"`
@@ -204,6 +238,8 @@ type Response struct {
 	Source *CopySource `json:"source,omitempty"`  // copy_out: what the agent is about to send
 	BulkID string      `json:"bulk_id,omitempty"` // copy_out: the stream comes on the bulk channel after this id
 	Result *CopyResult `json:"result,omitempty"`  // copy_in: what was written
+	// Identified is the answer to identify.
+	Identified *Identified `json:"identified,omitempty"`
 }
 
 // AgentInfo describes the running agent and guest. Ping fills the first fields;

@@ -23,12 +23,18 @@ import (
 type Guest interface {
 	Info() proto.AgentInfo
 	SetTime(unixNano int64) error
+	// Identify takes on a new identity after a restore (see proto.Identify) and
+	// returns the token found on the new secrets drive.
+	Identify(req proto.Identify) (token []byte, steps map[string]float64, err error)
 	Poweroff() // must return at once and power off shortly after, so the answer can leave
 }
 
 // Server answers agent connections.
 type Server struct {
+	// Token authenticates hosts. After Serve has been called it is read and replaced
+	// only under tokenMu (identify swaps it).
 	Token   []byte
+	tokenMu sync.RWMutex
 	Version string
 	Log     *slog.Logger
 	Reaper  *Reaper
@@ -50,7 +56,7 @@ const maxHandshakes = 16
 
 // Capabilities this agent offers, reported in AuthOK.
 var capabilities = []string{"exec", "exec.stdin", "exec.timeout", "exec.signal", "exec.tty", "exec.user",
-	"connect", "copy", "settime", "poweroff", "info"}
+	"connect", "copy", "settime", "poweroff", "info", "identify"}
 
 // Serve handles one connection to the end.
 func (s *Server) Serve(ctx context.Context, c net.Conn) {
@@ -111,8 +117,9 @@ func (s *Server) handshake(c net.Conn, pc *proto.Conn) (proto.Request, error) {
 	if rf.Type != proto.TRequest {
 		return refuse(proto.ErrCodeProtocol, "expected a request after auth", fmt.Errorf("got %s after auth", rf.Type))
 	}
-	if proto.CheckNonce(a.Nonce) != nil || len(s.Token) == 0 ||
-		!proto.VerifyMAC(a.MAC, proto.HostMAC(s.Token, a.Nonce, a.TimeNs, nil, rf.Payload)) {
+	token := s.token()
+	if proto.CheckNonce(a.Nonce) != nil || len(token) == 0 ||
+		!proto.VerifyMAC(a.MAC, proto.HostMAC(token, a.Nonce, a.TimeNs, nil, rf.Payload)) {
 		return refuse(proto.ErrCodeAuth, "authentication failed", proto.ErrAuth)
 	}
 	var challenge []byte
@@ -132,12 +139,12 @@ func (s *Server) handshake(c net.Conn, pc *proto.Conn) (proto.Request, error) {
 			return proto.Request{}, fmt.Errorf("read challenge answer: %w", err)
 		}
 		if !bytes.Equal(a2.Challenge, challenge) || !bytes.Equal(a2.Nonce, a.Nonce) ||
-			!proto.VerifyMAC(a2.MAC, proto.HostMAC(s.Token, a.Nonce, a2.TimeNs, challenge, rf.Payload)) {
+			!proto.VerifyMAC(a2.MAC, proto.HostMAC(token, a.Nonce, a2.TimeNs, challenge, rf.Payload)) {
 			return refuse(proto.ErrCodeAuth, "authentication failed", proto.ErrAuth)
 		}
 	}
 	if err := pc.WriteJSON(proto.TAuthOK, proto.AuthOK{Proto: proto.Version, AgentVersion: s.Version,
-		Capabilities: capabilities, MAC: proto.AgentMAC(s.Token, a.Nonce, challenge)}); err != nil {
+		Capabilities: capabilities, MAC: proto.AgentMAC(token, a.Nonce, challenge)}); err != nil {
 		return proto.Request{}, err
 	}
 	var req proto.Request
@@ -186,6 +193,20 @@ func (s *Server) dispatch(ctx context.Context, c net.Conn, pc *proto.Conn, req *
 			return
 		}
 		_ = pc.WriteJSON(proto.TResponse, proto.Response{OK: true})
+	case proto.OpIdentify:
+		if req.Identify == nil || req.Identify.Validate() != nil {
+			s.badRequest(pc, "identify: missing time or entropy")
+			return
+		}
+		tok, steps, err := s.Guest.Identify(*req.Identify)
+		if err != nil {
+			_ = pc.WriteJSON(proto.TResponse, proto.Response{Error: err.Error()})
+			return
+		}
+		s.tokenMu.Lock()
+		s.Token = tok
+		s.tokenMu.Unlock()
+		_ = pc.WriteJSON(proto.TResponse, proto.Response{OK: true, Identified: &proto.Identified{StepsMs: steps}})
 	case proto.OpPoweroff:
 		s.Log.Info("poweroff requested by host")
 		s.Guest.Poweroff() // schedules it, so the answer below still leaves
@@ -203,6 +224,12 @@ func (s *Server) dispatch(ctx context.Context, c net.Conn, pc *proto.Conn, req *
 	default:
 		s.badRequest(pc, fmt.Sprintf("unknown operation %q", req.Op))
 	}
+}
+
+func (s *Server) token() []byte {
+	s.tokenMu.RLock()
+	defer s.tokenMu.RUnlock()
+	return s.Token
 }
 
 func (s *Server) badRequest(pc *proto.Conn, msg string) {

@@ -70,7 +70,13 @@ func Args(cfg vmm.Config, accel Accel, fds Fds) []string {
 		a = append(a, "-chardev", fmt.Sprintf("socket,id=port%d,fd=%d", i, fds.Extra[i]),
 			"-device", fmt.Sprintf("virtserialport,chardev=port%d,name=%s", i, name))
 	}
-	return append(a, "-device", "virtio-rng-device")
+	a = append(a, "-device", "virtio-rng-device")
+	if cfg.RestoreFrom != nil {
+		// Load a saved state (through QMP, once the announcements are off) and stay
+		// paused until the caller has checked it and resumes.
+		a = append(a, "-S", "-incoming", "defer")
+	}
+	return a
 }
 
 // escape doubles commas, QEMU's option separator, in a path.

@@ -157,6 +157,12 @@ func (b *Backend) Start(ctx context.Context, cfg vmm.Config) (vmm.Instance, erro
 	}
 	inst.qmp = q
 	go inst.watchEvents()
+	if cfg.RestoreFrom != nil {
+		if err := inst.restore(ctx, cfg.RestoreFrom); err != nil {
+			_ = inst.Kill(context.Background())
+			return nil, err
+		}
+	}
 	return inst, nil
 }
 

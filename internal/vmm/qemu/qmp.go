@@ -7,7 +7,9 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"os"
 	"sync"
+	"syscall"
 )
 
 // QMP is a minimal client for QEMU's machine protocol: greeting, capabilities
@@ -111,6 +113,16 @@ func (q *QMP) readLoop(greeting chan<- error) {
 
 // Execute runs a command and returns its "return" value.
 func (q *QMP) Execute(ctx context.Context, cmd string, args any) (json.RawMessage, error) {
+	return q.execute(ctx, cmd, args, nil)
+}
+
+// ExecuteWithFile runs a command with a file descriptor attached (SCM_RIGHTS), as
+// getfd and add-fd expect.
+func (q *QMP) ExecuteWithFile(ctx context.Context, cmd string, args any, f *os.File) (json.RawMessage, error) {
+	return q.execute(ctx, cmd, args, f)
+}
+
+func (q *QMP) execute(ctx context.Context, cmd string, args any, f *os.File) (json.RawMessage, error) {
 	q.mu.Lock()
 	if q.err != nil {
 		q.mu.Unlock()
@@ -127,7 +139,17 @@ func (q *QMP) Execute(ctx context.Context, cmd string, args any) (json.RawMessag
 	}
 	raw, _ := json.Marshal(msg)
 	q.wmu.Lock()
-	_, err := q.conn.Write(append(raw, '\n'))
+	var err error
+	if f != nil {
+		uc, ok := q.conn.(*net.UnixConn)
+		if !ok {
+			err = errors.New("QMP connection cannot pass file descriptors")
+		} else {
+			_, _, err = uc.WriteMsgUnix(append(raw, '\n'), syscall.UnixRights(int(f.Fd())), nil)
+		}
+	} else {
+		_, err = q.conn.Write(append(raw, '\n'))
+	}
 	q.wmu.Unlock()
 	if err != nil {
 		return nil, fmt.Errorf("qmp %s: %w", cmd, err)
