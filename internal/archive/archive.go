@@ -95,6 +95,26 @@ func stat(src string) (SourceInfo, fs.FileInfo, error) {
 	return info, fi, nil
 }
 
+// Describe gives the SourceInfo of a path on the other end of a copy from the path
+// alone, as [Stat] would there (relative paths are taken from "/", the agent's working
+// directory), with isDir from the other end. A receiver uses it rather than the
+// sender's own description, so a hostile sender cannot choose the name its data lands
+// under or have it merged into the destination.
+func Describe(p string, isDir bool) (SourceInfo, error) {
+	if !path.IsAbs(p) {
+		p = "/" + p
+	}
+	info := SourceInfo{
+		Base:         path.Base(path.Clean(p)),
+		IsDir:        isDir,
+		ContentsOnly: path.Base(p) == ".",
+	}
+	if err := info.validate(); err != nil {
+		return SourceInfo{}, fmt.Errorf("source path %q: %w", p, err)
+	}
+	return info, nil
+}
+
 // validate checks a SourceInfo that may have come from an untrusted sender:
 // Base becomes a path element on the receiver, so it must be exactly one.
 func (s SourceInfo) validate() error {

@@ -70,10 +70,15 @@ func TestStat(t *testing.T) {
 		{src: "f/", wantErr: "not a directory"},
 	} {
 		t.Run(tc.src, func(t *testing.T) {
-			got, err := Stat(filepath.Join(tmp, tc.src) + suffix(tc.src))
+			p := filepath.Join(tmp, tc.src) + suffix(tc.src)
+			got, err := Stat(p)
 			checkErr(t, err, tc.wantErr)
 			if err == nil && got != tc.want {
 				t.Errorf("got %+v, want %+v", got, tc.want)
+			}
+			// The receiver's view from the path alone agrees with the sender's.
+			if d, derr := Describe(p, got.IsDir); err == nil && (derr != nil || d != got) {
+				t.Errorf("Describe = %+v, %v; Stat = %+v", d, derr, got)
 			}
 		})
 	}
@@ -83,6 +88,15 @@ func TestStat(t *testing.T) {
 		}
 		if info, err := Stat("/."); err != nil || !info.ContentsOnly {
 			t.Errorf("Stat(/.) = %+v, %v", info, err)
+		}
+		if _, err := Describe("/", true); err == nil || !strings.Contains(err.Error(), "root directory") {
+			t.Errorf("Describe(/) = %v, want a root directory error", err)
+		}
+		if info, err := Describe("etc/.", true); err != nil || info != (SourceInfo{Base: "etc", IsDir: true, ContentsOnly: true}) {
+			t.Errorf("Describe(etc/.) = %+v, %v", info, err)
+		}
+		if _, err := Describe("/etc/.", false); err == nil {
+			t.Error("Describe accepted contents-only of a file")
 		}
 	})
 }

@@ -37,7 +37,17 @@ func (cl *Client) CopyOut(ctx context.Context, guestPath, hostDest string) (arch
 	if !resp.OK || resp.Source == nil {
 		return archive.Result{}, fmt.Errorf("guest path %s: %s", guestPath, resp.Error)
 	}
-	src := archive.SourceInfo{Base: resp.Source.Base, IsDir: resp.Source.IsDir, ContentsOnly: resp.Source.ContentsOnly}
+	// Where the data lands is decided here, from the path we asked for: only whether it
+	// is a directory comes from the guest, which must not pick the name (".bashrc") or
+	// have its data merged into the destination.
+	src, err := archive.Describe(guestPath, resp.Source.IsDir)
+	if err != nil {
+		return archive.Result{}, err
+	}
+	if resp.Source.Base != src.Base || resp.Source.ContentsOnly != src.ContentsOnly {
+		return archive.Result{}, fmt.Errorf("the agent described guest path %s as %q (contents only: %v), which is not what was asked for: copy refused",
+			guestPath, resp.Source.Base, resp.Source.ContentsOnly)
+	}
 	var stream io.Reader
 	doneCh := make(chan proto.Done, 1)
 	errCh := make(chan error, 1)
