@@ -13,12 +13,14 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"strings"
 	"syscall"
 
 	"github.com/cespare/xxhash/v2"
 	"golang.org/x/sys/unix"
 
 	"github.com/mvm-dev/mvm/internal/agent/proto"
+	"github.com/mvm-dev/mvm/internal/archive"
 )
 
 // NewID returns a transfer id.
@@ -39,13 +41,15 @@ func ValidID(id string) bool {
 
 // Writer writes a copy stream to the channel and digests it (XXH64, as
 // archive.HashingReader computes it on the other side). Headers are buffered; file
-// contents are hashed through a read-only mapping and sent with sendfile.
+// contents are hashed from a read into a buffer and sent with sendfile.
 type Writer struct {
-	ch  syscall.Conn
-	out io.Writer
-	buf *bufio.Writer
-	h   *xxhash.Digest
-	n   int64
+	ch      syscall.Conn
+	out     io.Writer
+	buf     *bufio.Writer
+	h       *xxhash.Digest
+	n       int64
+	chunk   []byte
+	changed []string
 }
 
 // Channel is what a Writer writes to: a file or socket that sendfile can target.
@@ -77,27 +81,73 @@ func (w *Writer) Flush() error { return w.buf.Flush() }
 func (w *Writer) N() int64    { return w.n }
 func (w *Writer) Sum() []byte { return w.h.Sum(nil) }
 
-// SendFile writes size bytes of f; it is archive.PackOptions.Content.
+// Changed names (some of) the files that were modified while they were sent, for
+// proto.Done: if the digest then disagrees, that is why.
+func (w *Writer) Changed() []string { return w.changed }
+
+// maxChanged bounds Changed, which travels in a size-limited control frame.
+const maxChanged = 8
+
+// ErrChanged is wrapped by SendFile's error when a file shrank while it was copied.
+var ErrChanged = errors.New("file changed during copy")
+
+// sendChunk is how much of a file is hashed and then sent at a time: small enough to
+// still be in the CPU cache when hashed, and each part is read from the disk once (the
+// sendfile after the read finds it in the page cache).
+const sendChunk = 256 << 10
+
+// SendFile writes size bytes of f; it is archive.PackOptions.Content. The digest is
+// computed from pread(2) into a buffer, never through a mapping: a file that shrinks
+// under a mapping raises SIGBUS, which kills the process (the guest's PID 1).
 func (w *Writer) SendFile(f *os.File, size int64) error {
 	if err := w.buf.Flush(); err != nil {
 		return err
 	}
-	fd := int(f.Fd())
-	m, err := unix.Mmap(fd, 0, int(size), unix.PROT_READ, unix.MAP_SHARED|unix.MAP_POPULATE)
-	if err != nil {
-		return fmt.Errorf("map for the digest: %w", err)
-	}
-	w.h.Write(m)
-	_ = unix.Munmap(m)
 	rc, err := w.ch.SyscallConn()
 	if err != nil {
 		return err
 	}
-	var off int64
+	var before unix.Stat_t
+	if err := unix.Fstat(int(f.Fd()), &before); err != nil {
+		return fmt.Errorf("stat: %w", err)
+	}
+	if w.chunk == nil {
+		w.chunk = make([]byte, sendChunk)
+	}
+	fd := int(f.Fd())
+	for off := int64(0); off < size; {
+		p := w.chunk[:min(size-off, int64(len(w.chunk)))]
+		if n, err := f.ReadAt(p, off); err != nil {
+			if errors.Is(err, io.EOF) {
+				return fmt.Errorf("%w: it shrank to %d bytes of %d", ErrChanged, off+int64(n), size)
+			}
+			return err
+		}
+		w.h.Write(p)
+		if err := sendfile(rc, fd, off, int64(len(p))); err != nil {
+			return err
+		}
+		off += int64(len(p))
+		w.n += int64(len(p))
+	}
+	// A file written in place between a chunk's read and its sendfile makes the
+	// digest disagree; note it, so the receiver can say why rather than "corrupt".
+	// Appending is harmless (the sent part is unchanged), so it is not an error here.
+	var after unix.Stat_t
+	if err := unix.Fstat(fd, &after); err == nil && (after.Mtim != before.Mtim || after.Ctim != before.Ctim) &&
+		len(w.changed) < maxChanged {
+		w.changed = append(w.changed, f.Name())
+	}
+	return nil
+}
+
+// sendfile sends n bytes of fd from off to the channel.
+func sendfile(rc syscall.RawConn, fd int, off, n int64) error {
+	end := off + n
 	var serr error
-	err = rc.Write(func(out uintptr) bool {
-		for off < size {
-			n, err := unix.Sendfile(int(out), fd, &off, int(min(size-off, 1<<30)))
+	err := rc.Write(func(out uintptr) bool {
+		for off < end {
+			k, err := unix.Sendfile(int(out), fd, &off, int(end-off))
 			if errors.Is(err, unix.EAGAIN) {
 				return false // wait until the channel can take more
 			}
@@ -105,21 +155,27 @@ func (w *Writer) SendFile(f *os.File, size int64) error {
 				serr = fmt.Errorf("sendfile: %w", err)
 				return true
 			}
-			if n == 0 {
-				serr = errors.New("file shrank while being copied")
+			if k == 0 {
+				serr = fmt.Errorf("%w: it shrank while being sent", ErrChanged)
 				return true
 			}
 		}
 		return true
 	})
-	if err == nil {
-		err = serr
-	}
 	if err != nil {
 		return err
 	}
-	w.n += size
-	return nil
+	return serr
+}
+
+// Verify checks a received stream against the sender's Done. When it differs and the
+// sender saw files change as it sent them, the error says so rather than "corrupt".
+func Verify(hr *archive.HashingReader, d proto.Done) error {
+	err := hr.Verify(d.Digest, d.Bytes)
+	if err != nil && len(d.Changed) > 0 {
+		return fmt.Errorf("%w: %s was written to while being sent; copy again (%w)", ErrChanged, strings.Join(d.Changed, ", "), err)
+	}
+	return err
 }
 
 // SkipToMarker discards a channel's leftovers up to transfer id's marker.

@@ -139,7 +139,7 @@ func (cl *Client) CopyOut(ctx context.Context, guestPath, hostDest string) (arch
 	if d.Result != nil {
 		res.Skipped = d.Result.Skipped
 	}
-	return res, hr.Verify(d.Digest, d.Bytes)
+	return res, bulk.Verify(hr, d)
 }
 
 // CopyIn copies a host path into the guest with docker cp's rules; the guest keeps
@@ -189,7 +189,7 @@ func (cl *Client) CopyIn(ctx context.Context, hostSrc, guestDest string) (archiv
 				if ferr := w.Flush(); err == nil {
 					err = ferr
 				}
-				done.Bytes, done.Digest = w.N(), w.Sum()
+				done.Bytes, done.Digest, done.Changed = w.N(), w.Sum(), w.Changed()
 			}
 		} else {
 			bw := bufio.NewWriterSize(s.pc.DataWriter(proto.TStdin), 256<<10)

@@ -109,12 +109,16 @@ func (c *Copy) Validate(op string) error {
 	return nil
 }
 
-// Done ends a copied stream: the sender's byte count and SHA-256 of the tar stream.
+// Done ends a copied stream: the sender's byte count and digest of the tar stream.
 type Done struct {
 	Bytes  int64       `json:"bytes"`
 	Digest []byte      `json:"digest"`          // XXH64 of the stream (see internal/archive)
 	Error  string      `json:"error,omitempty"` // the sender failed part way
 	Result *CopyResult `json:"result,omitempty"`
+	// Changed names files that were written to while they were sent on the bulk
+	// channel (where the digest is not computed from the bytes sent): a digest that
+	// then disagrees means "copy again", not a broken channel.
+	Changed []string `json:"changed,omitempty"`
 }
 
 // CopyResult answers a copy_in once everything is written.

@@ -131,7 +131,7 @@ func (s *Server) copyOutBulk(ctx context.Context, pc *proto.Conn, path string, i
 		if ferr := bw.Flush(); err == nil {
 			err = ferr
 		}
-		done.Bytes, done.Digest = bw.N(), bw.Sum()
+		done.Bytes, done.Digest, done.Changed = bw.N(), bw.Sum(), bw.Changed()
 	}
 	done.Result = &proto.CopyResult{Bytes: res.Bytes, Entries: res.Entries, Skipped: res.Skipped}
 	if err != nil {
@@ -179,7 +179,7 @@ func (s *Server) copyInBulk(ctx context.Context, pc *proto.Conn, req *proto.Copy
 			return
 		}
 	}
-	if err := hr.Verify(d.Digest, d.Bytes); err != nil {
+	if err := bulk.Verify(hr, d); err != nil {
 		fail(err)
 		return
 	}
