@@ -70,6 +70,10 @@ func stackWithBulk(t *testing.T, token []byte) (string, *fakeGuest, *hybrid.Excl
 	if err != nil {
 		t.Fatal(err)
 	}
+	// Pollable, as the guest opens its port: deadlines must be able to end a transfer.
+	if err := syscall.SetNonblock(bfds[0], true); err != nil {
+		t.Fatal(err)
+	}
 	srv.Bulk = os.NewFile(uintptr(bfds[0]), "bulk-guest")
 	bulkHostFile := os.NewFile(uintptr(bfds[1]), "bulk-host")
 	bulkHost, err := net.FileConn(bulkHostFile)

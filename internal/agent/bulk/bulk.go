@@ -14,7 +14,9 @@ import (
 	"io"
 	"os"
 	"strings"
+	"sync"
 	"syscall"
+	"time"
 
 	"github.com/cespare/xxhash/v2"
 	"golang.org/x/sys/unix"
@@ -197,4 +199,89 @@ func SkipToMarker(br *bufio.Reader, id string) error {
 		}
 	}
 	return nil
+}
+
+// Port is the bulk channel as a transfer sees it: deadlines end a blocked read or
+// write (a net.Conn, or the guest's *os.File).
+type Port interface {
+	SetReadDeadline(time.Time) error
+	SetWriteDeadline(time.Time) error
+}
+
+// Tail bounds how long the rest of a stream may take to arrive once its sender has
+// said it is done (each read may wait this long): by then it is only what the
+// channel's buffers hold.
+var Tail = 15 * time.Second
+
+// Guard ties a transfer on the channel to the request that asked for it. That
+// request's stream, read in another goroutine, carries Done and notices the peer
+// leaving; Guard lets that goroutine end the transfer's blocked reads and writes, and
+// only until Release, so a late event cannot cut off the next transfer on a channel
+// that outlives this one (the guest's port).
+type Guard struct {
+	p    Port
+	mu   sync.Mutex
+	tail bool // Done came: what is left must keep arriving
+	over bool // aborted or released
+}
+
+// NewGuard starts guarding a transfer on p, clearing deadlines left on it.
+func NewGuard(p Port) *Guard {
+	_ = p.SetReadDeadline(time.Time{})
+	_ = p.SetWriteDeadline(time.Time{})
+	return &Guard{p: p}
+}
+
+// Reader reads the transfer from r (p's reading side), each read bounded by Tail once
+// Done came.
+func (g *Guard) Reader(r io.Reader) io.Reader { return guardedReader{g, r} }
+
+type guardedReader struct {
+	g *Guard
+	r io.Reader
+}
+
+func (gr guardedReader) Read(b []byte) (int, error) {
+	g := gr.g
+	g.mu.Lock()
+	if g.tail && !g.over {
+		_ = g.p.SetReadDeadline(time.Now().Add(Tail))
+	}
+	g.mu.Unlock()
+	return gr.r.Read(b)
+}
+
+// Finish records the sender's Done: after a failure nothing more is coming, so reading
+// stops at once; otherwise the rest is bounded by Tail.
+func (g *Guard) Finish(d proto.Done) {
+	if d.Error != "" {
+		g.Abort()
+		return
+	}
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if !g.over {
+		g.tail = true
+		_ = g.p.SetReadDeadline(time.Now().Add(Tail))
+	}
+}
+
+// Abort ends the transfer's blocked and later reads and writes.
+func (g *Guard) Abort() {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if !g.over {
+		g.over = true
+		_ = g.p.SetReadDeadline(time.Unix(1, 0))
+		_ = g.p.SetWriteDeadline(time.Unix(1, 0))
+	}
+}
+
+// Release ends the guard: the port's deadlines are cleared and later calls do nothing.
+func (g *Guard) Release() {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	g.over = true
+	_ = g.p.SetReadDeadline(time.Time{})
+	_ = g.p.SetWriteDeadline(time.Time{})
 }

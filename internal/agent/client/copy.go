@@ -54,11 +54,7 @@ func (cl *Client) CopyOut(ctx context.Context, guestPath, hostDest string) (arch
 	if resp.BulkID != "" && bc != nil {
 		stop := context.AfterFunc(ctx, func() { bc.Close() })
 		defer stop()
-		br := bufio.NewReaderSize(bc, 256<<10)
-		if err := bulk.SkipToMarker(br, resp.BulkID); err != nil {
-			return archive.Result{}, cl.ctxErr(ctx, fmt.Errorf("bc channel: %w", err))
-		}
-		stream = br
+		g := bulk.NewGuard(bc)
 		go func() { // Done comes on the request's stream
 			var d proto.Done
 			if err := s.pc.Expect(proto.TDone, &d); err != nil {
@@ -66,8 +62,14 @@ func (cl *Client) CopyOut(ctx context.Context, guestPath, hostDest string) (arch
 				bc.Close() // unblock the reader
 				return
 			}
-			doneCh <- d
+			doneCh <- d // before Finish, so a read it fails finds the reason
+			g.Finish(d) // a failed sender sends no more: stop reading
 		}()
+		br := bufio.NewReaderSize(g.Reader(bc), 256<<10)
+		if err := bulk.SkipToMarker(br, resp.BulkID); err != nil {
+			return archive.Result{}, cl.agentErr(ctx, doneCh, guestPath, fmt.Errorf("bulk channel: %w", err))
+		}
+		stream = br
 	} else {
 		if bc != nil {
 			bc.Close()
@@ -112,7 +114,7 @@ func (cl *Client) CopyOut(ctx context.Context, guestPath, hostDest string) (arch
 		if c, ok := stream.(io.Closer); ok {
 			c.Close()
 		}
-		return res, err
+		return res, cl.agentErr(ctx, doneCh, guestPath, err)
 	}
 	// The digest covers the whole stream, so what Unpack left (the end blocks) is read
 	// too: in frames up to the end of the pipe; on the bc channel, which has no end,
@@ -129,7 +131,7 @@ func (cl *Client) CopyOut(ctx context.Context, guestPath, hostDest string) (arch
 		return res, cl.ctxErr(ctx, fmt.Errorf("the agent did not finish the copy: %w", err))
 	}
 	if d.Error != "" {
-		return res, fmt.Errorf("the agent failed while reading %s: %s", guestPath, d.Error)
+		return res, agentFailed(guestPath, d)
 	}
 	if rest := d.Bytes - hr.N(); rest > 0 {
 		if _, err := io.CopyN(io.Discard, hr, rest); err != nil {
@@ -140,6 +142,23 @@ func (cl *Client) CopyOut(ctx context.Context, guestPath, hostDest string) (arch
 		res.Skipped = d.Result.Skipped
 	}
 	return res, bulk.Verify(hr, d)
+}
+
+// agentErr returns why a copy-out stream ended early: the agent's own reason when its
+// Done came with one, else err.
+func (cl *Client) agentErr(ctx context.Context, doneCh <-chan proto.Done, guestPath string, err error) error {
+	select {
+	case d := <-doneCh:
+		if d.Error != "" {
+			return agentFailed(guestPath, d)
+		}
+	default:
+	}
+	return cl.ctxErr(ctx, err)
+}
+
+func agentFailed(guestPath string, d proto.Done) error {
+	return fmt.Errorf("the agent failed while reading %s: %s", guestPath, d.Error)
 }
 
 // CopyIn copies a host path into the guest with docker cp's rules; the guest keeps
@@ -175,6 +194,9 @@ func (cl *Client) CopyIn(ctx context.Context, hostSrc, guestDest string) (archiv
 		return archive.Result{}, fmt.Errorf("copy to %s: %s", guestDest, resp.Error)
 	}
 	useBulk := bulkConn != nil && resp.BulkID == id
+	if bulkConn != nil && !useBulk {
+		bulkConn.(io.Closer).Close() // declined: let another copy have it
+	}
 	sendCtx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	sent := make(chan error, 1)
@@ -213,14 +235,17 @@ func (cl *Client) CopyIn(ctx context.Context, hostSrc, guestDest string) (archiv
 	ferr := s.pc.Expect(proto.TResponse, &final)
 	cancel()
 	if ferr != nil || !final.OK {
+		// Nobody reads what the sender still has for the agent: a full channel or
+		// stream window would block it for ever.
 		if bulkConn != nil {
-			bulkConn.(io.Closer).Close() // unblock a sender stuck on a channel nobody reads
+			bulkConn.(io.Closer).Close()
 		}
+		s.Close()
 	}
 	sendErr := <-sent
 	switch {
 	case ferr != nil:
-		if sendErr != nil && !errors.Is(sendErr, context.Canceled) {
+		if sendErr != nil && !errors.Is(sendErr, context.Canceled) && !errors.Is(sendErr, net.ErrClosed) {
 			return packed, sendErr
 		}
 		return packed, cl.ctxErr(ctx, ferr)

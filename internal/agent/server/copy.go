@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"time"
 
 	"github.com/mvm-dev/mvm/internal/agent/bulk"
 	"github.com/mvm-dev/mvm/internal/agent/proto"
@@ -95,7 +94,7 @@ func (s *Server) copyIn(ctx context.Context, pc *proto.Conn, req *proto.Copy) {
 	hr := archive.NewHashingReader(pr)
 	res, err := archive.Unpack(ctx, hr, req.Path, src, archive.UnpackOptions{Chown: os.Geteuid() == 0})
 	if err != nil {
-		fail(err)
+		fail(senderFirst(doneCh, err))
 		return
 	}
 	// The digest covers everything the sender wrote, so read to the end of the stream.
@@ -118,6 +117,21 @@ func (s *Server) copyIn(ctx context.Context, pc *proto.Conn, req *proto.Copy) {
 // copyOutBulk sends the tar stream on the bulk channel (file contents with
 // sendfile); Done follows on the request's own stream.
 func (s *Server) copyOutBulk(ctx context.Context, pc *proto.Conn, path string, info archive.SourceInfo) {
+	g := bulk.NewGuard(s.Bulk)
+	defer g.Release()
+	// The host sends nothing more on the request's stream, so its end means the host
+	// left: stop packing and sending into a channel nobody reads any more.
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	go func() {
+		for {
+			if _, err := pc.Read(); err != nil {
+				cancel()
+				g.Abort()
+				return
+			}
+		}
+	}()
 	id := bulk.NewID()
 	if err := pc.WriteJSON(proto.TResponse, proto.Response{OK: true, BulkID: id, Source: &proto.CopySource{
 		Base: info.Base, IsDir: info.IsDir, ContentsOnly: info.ContentsOnly}}); err != nil {
@@ -141,34 +155,58 @@ func (s *Server) copyOutBulk(ctx context.Context, pc *proto.Conn, path string, i
 }
 
 // copyInBulk reads the tar stream from the bulk channel. The request's stream carries
-// Done, and its end (the host gone) aborts the read.
+// Done, which ends the read when the sender failed (and bounds it otherwise), and its
+// end (the host gone) aborts the read.
 func (s *Server) copyInBulk(ctx context.Context, pc *proto.Conn, req *proto.Copy, src archive.SourceInfo) {
+	g := bulk.NewGuard(s.Bulk)
+	defer g.Release()
 	if err := pc.WriteJSON(proto.TResponse, proto.Response{OK: true, BulkID: req.BulkID}); err != nil {
 		return
 	}
-	doneCh := make(chan proto.Done, 1)
+	type doneOrErr struct {
+		d   proto.Done
+		err error
+	}
+	doneCh := make(chan doneOrErr, 1) // always gets exactly one value
 	go func() {
 		var d proto.Done
-		if err := pc.Expect(proto.TDone, &d); err != nil {
-			_ = s.Bulk.SetReadDeadline(time.Unix(1, 0)) // the host is gone: stop reading
+		err := pc.Expect(proto.TDone, &d)
+		doneCh <- doneOrErr{d, err} // before the abort, so the reader's failure finds it
+		if err != nil {
+			g.Abort() // the host is gone: stop reading
 			return
 		}
-		doneCh <- d
+		g.Finish(d)
 	}()
-	defer s.Bulk.SetReadDeadline(time.Time{})
 	fail := func(err error) { _ = pc.WriteJSON(proto.TResponse, proto.Response{Error: err.Error()}) }
-	br := bufio.NewReaderSize(s.Bulk, 256<<10)
+	// failRead reports a failed read, or what made it fail: the sender's error.
+	failRead := func(err error) {
+		select {
+		case r := <-doneCh:
+			if r.err == nil && r.d.Error != "" {
+				err = errors.New("the sender failed: " + r.d.Error)
+			}
+		default:
+		}
+		fail(err)
+	}
+	br := bufio.NewReaderSize(g.Reader(s.Bulk), 256<<10)
 	if err := bulk.SkipToMarker(br, req.BulkID); err != nil {
-		fail(fmt.Errorf("bulk channel: %w", err))
+		failRead(fmt.Errorf("bulk channel: %w", err))
 		return
 	}
 	hr := archive.NewHashingReader(br)
 	res, err := archive.Unpack(ctx, hr, req.Path, src, archive.UnpackOptions{Chown: os.Geteuid() == 0})
 	if err != nil {
-		fail(err)
+		failRead(err)
 		return
 	}
-	d := <-doneCh
+	r := <-doneCh
+	if r.err != nil {
+		fail(fmt.Errorf("the host stopped before the end of the copy: %w", r.err))
+		return
+	}
+	d := r.d
 	if d.Error != "" {
 		fail(errors.New("the sender failed: " + d.Error))
 		return
@@ -184,4 +222,17 @@ func (s *Server) copyInBulk(ctx context.Context, pc *proto.Conn, req *proto.Copy
 		return
 	}
 	_ = pc.WriteJSON(proto.TResponse, proto.Response{OK: true, Result: &proto.CopyResult{Bytes: res.Bytes, Entries: res.Entries}})
+}
+
+// senderFirst returns the sender's error when it failed (its Done says why the stream
+// ended early), else err.
+func senderFirst(doneCh <-chan proto.Done, err error) error {
+	select {
+	case d := <-doneCh:
+		if d.Error != "" {
+			return errors.New("the sender failed: " + d.Error)
+		}
+	default:
+	}
+	return err
 }
