@@ -121,6 +121,24 @@ func TestCopyInRefusedFramed(t *testing.T) {
 	}
 }
 
+// TestCopyInRefusedReleasesBulk: a bulk copy in that the agent refuses early leaves
+// the rest of the host's stream unread; the channel must still come free for the
+// next copy (the supervisor's side used to block on it for ever).
+func TestCopyInRefusedReleasesBulk(t *testing.T) {
+	sock, _, b := stackWithBulk(t, goodToken)
+	cl := client.NewHybrid(sock, goodToken)
+	src := filepath.Join(t.TempDir(), "big")
+	os.WriteFile(src, bytes.Repeat([]byte("y"), 32<<20), 0o644)
+	guest := t.TempDir()
+	os.Mkdir(filepath.Join(guest, "big"), 0o755) // a directory where the file would go
+	if _, err := cl.CopyIn(context.Background(), src, guest); err == nil || !strings.Contains(err.Error(), "cannot overwrite directory") {
+		t.Fatalf("refused copy in: %v", err)
+	}
+	if !usesBulk(t, cl, b) {
+		t.Fatal("the bulk channel stays busy after a refused copy in")
+	}
+}
+
 // TestFailedCopyInLeavesChannelClean: a bulk copy in the agent refuses must not leave
 // a read deadline on its port for the copies after it.
 func TestFailedCopyInLeavesChannelClean(t *testing.T) {

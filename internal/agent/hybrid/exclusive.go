@@ -19,9 +19,45 @@ type Exclusive struct {
 	port net.Conn
 
 	mu        sync.Mutex
-	client    net.Conn      // our end of the holder's socketpair
-	inbound   chan struct{} // closed when the holder's bytes stopped flowing to the port
-	forwarded int64         // bytes handed to holders
+	cur       *holder // the latest holder; free once it is detached and its bytes stopped
+	forwarded int64   // bytes handed to holders
+}
+
+// holder is one client's turn on the stream. Everything about a turn lives here, so
+// that a late event of one holder (a failed write noticed after it left) cannot act
+// on the next.
+type holder struct {
+	conn     net.Conn      // our end of the holder's socketpair
+	inbound  chan struct{} // closed when the holder's bytes stopped flowing to the port
+	hungUp   chan struct{} // closed when the holder closed or half-closed its end
+	hangOnce sync.Once
+	detached bool // under Exclusive.mu: the guest's bytes no longer go to it
+	// released is closed once its turn is over for good (its writes to the port are
+	// over, and the port's deadline is reset): the next holder may come.
+	released   chan struct{}
+	detachOnce sync.Once
+}
+
+func (h *holder) hangUp() { h.hangOnce.Do(func() { close(h.hungUp) }) }
+
+// holderConn is the end Attach hands out; closing it, or closing its write side,
+// tells the Exclusive the holder is done sending.
+type holderConn struct {
+	net.Conn
+	h *holder
+}
+
+func (c *holderConn) Close() error {
+	c.h.hangUp()
+	return c.Conn.Close()
+}
+
+func (c *holderConn) CloseWrite() error {
+	c.h.hangUp()
+	if cw, ok := c.Conn.(interface{ CloseWrite() error }); ok {
+		return cw.CloseWrite()
+	}
+	return c.Conn.Close()
 }
 
 // Forwarded returns how many bytes holders have received.
@@ -47,25 +83,28 @@ func (b *Exclusive) run() {
 		n, err := b.port.Read(buf)
 		if n > 0 {
 			b.mu.Lock()
-			c := b.client
+			h := b.cur
+			if h != nil && h.detached {
+				h = nil
+			}
 			b.mu.Unlock()
-			if c != nil {
-				w, werr := c.Write(buf[:n])
+			if h != nil {
+				w, werr := h.conn.Write(buf[:n])
 				b.mu.Lock()
 				b.forwarded += int64(w)
 				b.mu.Unlock()
 				if werr != nil {
-					b.detach(c)
+					b.detach(h)
 				}
 			}
 		}
 		if err != nil {
 			b.mu.Lock()
-			if b.client != nil {
-				b.client.Close()
-				b.client = nil
-			}
+			h := b.cur
 			b.mu.Unlock()
+			if h != nil {
+				h.conn.Close()
+			}
 			return
 		}
 	}
@@ -79,15 +118,14 @@ func (b *Exclusive) Attach() (net.Conn, error) {
 	deadline := time.Now().Add(time.Second)
 	for {
 		b.mu.Lock()
-		free := b.client == nil && (b.inbound == nil || closed(b.inbound))
-		if free || time.Now().After(deadline) {
+		if b.free() || time.Now().After(deadline) {
 			break // with the lock held
 		}
 		b.mu.Unlock()
 		time.Sleep(5 * time.Millisecond)
 	}
 	defer b.mu.Unlock()
-	if b.client != nil || (b.inbound != nil && !closed(b.inbound)) {
+	if !b.free() {
 		return nil, ErrBusy
 	}
 	fds, err := syscall.Socketpair(syscall.AF_UNIX, syscall.SOCK_STREAM|syscall.SOCK_CLOEXEC, 0)
@@ -109,34 +147,52 @@ func (b *Exclusive) Attach() (net.Conn, error) {
 		}
 		return nil, err
 	}
-	b.client = ours
-	inbound := make(chan struct{})
-	b.inbound = inbound
+	h := &holder{conn: ours, inbound: make(chan struct{}), hungUp: make(chan struct{}), released: make(chan struct{})}
+	b.cur = h
 	go func() {
 		_, _ = io.Copy(b.port, ours) // the holder's bytes into the guest
-		close(inbound)
-		b.detach(ours)
+		close(h.inbound)
+		b.detach(h)
 	}()
-	return theirs, nil
+	go func() {
+		// A guest that refused a transfer does not read the rest of it: the copy
+		// above then blocks in a write, never sees the holder's end and would keep
+		// the stream busy for ever. The holder hanging up ends its turn.
+		select {
+		case <-h.hungUp:
+			b.detach(h)
+		case <-h.inbound:
+		}
+	}()
+	return &holderConn{Conn: theirs, h: h}, nil
 }
 
-func (b *Exclusive) detach(c net.Conn) {
-	b.mu.Lock()
-	inbound := b.inbound
-	if b.client == c {
-		b.client = nil
-	}
-	b.mu.Unlock()
-	c.Close()
-	// A write into a guest that does not read would block for ever: cut it off, so
-	// nothing of this holder follows the next one's marker.
-	select {
-	case <-inbound:
-	case <-time.After(100 * time.Millisecond):
-		_ = b.port.SetWriteDeadline(time.Unix(1, 0))
-		<-inbound
-		_ = b.port.SetWriteDeadline(time.Time{})
-	}
+// free reports whether a new holder may attach. b.mu must be held.
+func (b *Exclusive) free() bool {
+	return b.cur == nil || closed(b.cur.released)
+}
+
+// detach ends h's turn: the guest's bytes stop going to it, and what it still had
+// for the guest gets a moment to go through before it is cut off.
+// Later calls wait for the first to finish.
+func (b *Exclusive) detach(h *holder) {
+	h.detachOnce.Do(func() {
+		b.mu.Lock()
+		h.detached = true
+		b.mu.Unlock()
+		// A write into a guest that does not read would block for ever: cut it off,
+		// so nothing of this holder follows the next one's marker. Only h can be
+		// writing to the port: nobody attaches before it is released.
+		select {
+		case <-h.inbound:
+		case <-time.After(100 * time.Millisecond):
+			_ = b.port.SetWriteDeadline(time.Unix(1, 0))
+			<-h.inbound
+			_ = b.port.SetWriteDeadline(time.Time{})
+		}
+		h.conn.Close()
+		close(h.released)
+	})
 }
 
 func closed(ch chan struct{}) bool {
