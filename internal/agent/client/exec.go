@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"sync"
 	"time"
 
 	"github.com/mvm-dev/mvm/internal/agent/proto"
@@ -59,15 +60,24 @@ func (cl *Client) Exec(ctx context.Context, o ExecOptions) (proto.Exit, error) {
 		}
 		return proto.Exit{}, &StartError{Code: code, Message: resp.Error}
 	}
+	done := make(chan struct{})
+	defer close(done)
+	// Stdin goes no further ahead of the agent than its window: the agent then never
+	// has to stop reading the stream, so signals and resizes reach it (and the end of
+	// the stream tells it we are gone) even while the command reads nothing.
+	win := newWindow(proto.StdinWindow)
+	defer win.close()
 	if o.Stdin != nil {
 		go func() {
-			buf := make([]byte, 256<<10)
+			buf := make([]byte, proto.StdinWindow)
 			for {
 				n, err := o.Stdin.Read(buf)
-				if n > 0 {
-					if s.pc.WriteData(proto.TStdin, buf[:n]) != nil {
-						return
+				for p := buf[:n]; len(p) > 0; {
+					k := win.take(len(p))
+					if k == 0 || s.pc.WriteData(proto.TStdin, p[:k]) != nil {
+						return // the exec is over
 					}
+					p = p[k:]
 				}
 				if err != nil {
 					_ = s.pc.WriteEmpty(proto.TStdinEOF)
@@ -76,8 +86,6 @@ func (cl *Client) Exec(ctx context.Context, o ExecOptions) (proto.Exit, error) {
 			}
 		}()
 	}
-	done := make(chan struct{})
-	defer close(done)
 	if o.Resize != nil || o.Signals != nil {
 		go func() {
 			for {
@@ -118,6 +126,15 @@ func (cl *Client) Exec(ctx context.Context, o ExecOptions) (proto.Exit, error) {
 			if _, err := stderr.Write(f.Payload); err != nil {
 				return proto.Exit{}, fmt.Errorf("write stderr: %w", err)
 			}
+		case proto.TWindow:
+			var w proto.Window
+			if err := proto.Decode(f, proto.TWindow, &w); err != nil {
+				return proto.Exit{}, err
+			}
+			if err := w.Validate(); err != nil {
+				return proto.Exit{}, fmt.Errorf("agent protocol: %w", err)
+			}
+			win.give(int(w.Bytes))
 		case proto.TExit:
 			var ex proto.Exit
 			if err := proto.Decode(f, proto.TExit, &ex); err != nil {
@@ -142,4 +159,48 @@ func orDiscard(w io.Writer) io.Writer {
 		return io.Discard
 	}
 	return w
+}
+
+// window counts the stdin the agent has room for.
+type window struct {
+	mu     sync.Mutex
+	cond   *sync.Cond
+	n, max int
+	closed bool
+}
+
+func newWindow(n int) *window {
+	w := &window{n: n, max: n}
+	w.cond = sync.NewCond(&w.mu)
+	return w
+}
+
+// take waits for room and takes up to want bytes of it; 0 once closed.
+func (w *window) take(want int) int {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	for w.n == 0 && !w.closed {
+		w.cond.Wait()
+	}
+	if w.closed {
+		return 0
+	}
+	k := min(want, w.n)
+	w.n -= k
+	return k
+}
+
+// give returns room (never more than the window: a confused agent gets no more).
+func (w *window) give(n int) {
+	w.mu.Lock()
+	w.n = min(w.n+n, w.max)
+	w.cond.Signal()
+	w.mu.Unlock()
+}
+
+func (w *window) close() {
+	w.mu.Lock()
+	w.closed = true
+	w.cond.Broadcast()
+	w.mu.Unlock()
 }

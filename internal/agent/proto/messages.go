@@ -128,6 +128,26 @@ type CopyResult struct {
 	Skipped []string `json:"skipped,omitempty"`
 }
 
+// StdinWindow is how many bytes of stdin the host may send beyond what the agent has
+// acknowledged with Window frames. The agent takes every frame at once (so signals,
+// resizes and the host's end are seen even while the command reads nothing) and
+// writes stdin to the command from a buffer this size; the host waits for room.
+const StdinWindow = 256 << 10
+
+// Window gives the host back room for Bytes more bytes of stdin: they were written
+// to the command (or dropped, after it closed its input).
+type Window struct {
+	Bytes int64 `json:"bytes"`
+}
+
+// Validate checks a window update from the agent.
+func (w *Window) Validate() error {
+	if w.Bytes <= 0 || w.Bytes > StdinWindow {
+		return fmt.Errorf("window update of %d bytes", w.Bytes)
+	}
+	return nil
+}
+
 // Resize changes an exec TTY's window size.
 type Resize struct {
 	Rows uint16 `json:"rows"`

@@ -24,7 +24,8 @@ import (
 )
 
 // Version is the protocol version. A peer refuses a different major version.
-const Version = 1
+// 2: exec stdin is flow-controlled by the agent (TWindow).
+const Version = 2
 
 // AgentPort is the vsock port the agent listens on (and the port named in the
 // hybrid-vsock CONNECT line).
@@ -69,11 +70,12 @@ const (
 	TError     Type = 12 // either way: Error, then the connection closes
 	TResize    Type = 13 // host -> agent: Resize (exec with a TTY)
 	TDone      Type = 14 // either way: Done, the end of a copied stream with its digest
+	TWindow    Type = 15 // agent -> host: Window, stdin the agent has passed on
 )
 
 func (t Type) String() string {
 	names := [...]string{"", "challenge", "auth", "auth-ok", "request", "response", "stdin", "stdin-eof",
-		"stdout", "stderr", "exit", "signal", "error", "resize", "done"}
+		"stdout", "stderr", "exit", "signal", "error", "resize", "done", "window"}
 	if int(t) < len(names) && t != 0 {
 		return names[t]
 	}
@@ -86,7 +88,7 @@ func (t Type) String() string {
 // IsData reports whether a frame type carries raw bytes rather than JSON.
 func (t Type) IsData() bool { return t == TStdin || t == TStdout || t == TStderr }
 
-func (t Type) known() bool { return t >= TChallenge && t <= TDone }
+func (t Type) known() bool { return t >= TChallenge && t <= TWindow }
 
 // MaxPayload is the size limit for a frame type.
 func (t Type) MaxPayload() int {

@@ -143,6 +143,7 @@ func FuzzReadFrame(f *testing.F) {
 	f.Add(AppendFrame(nil, TRequest, []byte(`{"op":"exec","exec":{"argv":["ls"]}}`)))
 	f.Add(AppendFrame(nil, TStdout, []byte("data")))
 	f.Add([]byte{0xff, 0xff, 0xff, 0xff, 4})
+	f.Add(AppendFrame(nil, TWindow, []byte(`{"bytes":65536}`)))
 	f.Fuzz(func(t *testing.T, b []byte) {
 		r := bytes.NewReader(b)
 		for {
@@ -156,6 +157,10 @@ func FuzzReadFrame(f *testing.F) {
 			var req Request
 			if Decode(fr, TRequest, &req) == nil && req.Exec != nil {
 				_ = req.Exec.Validate()
+			}
+			var w Window
+			if Decode(fr, TWindow, &w) == nil && w.Validate() == nil && (w.Bytes <= 0 || w.Bytes > StdinWindow) {
+				t.Fatalf("window update of %d accepted", w.Bytes)
 			}
 		}
 	})

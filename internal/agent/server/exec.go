@@ -364,23 +364,17 @@ wait:
 // collector has to chase is paid for on the guest's only vCPU.
 var pumpBuffers = sync.Pool{New: func() any { b := make([]byte, 32<<10); return &b }}
 
-// readHostFrames forwards stdin, signals and resizes until the host stops sending.
+// readHostFrames takes the host's frames until it stops sending: stdin goes to a
+// feeder goroutine, signals and resizes act at once. It never blocks on the command,
+// so a command that does not read its input still gets its signals, and a host that
+// goes away is noticed (the host keeps within proto.StdinWindow of what the feeder
+// acknowledged, so what it buffers is bounded).
 func (s *Server) readHostFrames(pc *proto.Conn, pid int, x *execIO, hostGone chan<- struct{}) {
-	stdin := x.stdin
-	closeStdin := func() {
-		// A terminal's master is also the output: end input with the terminal's EOF key instead.
-		if stdin == x.pty && stdin != nil {
-			_, _ = stdin.Write([]byte{4})
-		} else if stdin != nil {
-			stdin.Close()
-		}
-		stdin = nil
+	var feed *stdinFeed
+	if x.stdin != nil {
+		feed = newStdinFeed(pc, x)
+		defer feed.stop()
 	}
-	defer func() {
-		if stdin != nil && stdin != x.pty {
-			stdin.Close()
-		}
-	}()
 	for {
 		f, err := pc.Read()
 		if err != nil {
@@ -391,13 +385,14 @@ func (s *Server) readHostFrames(pc *proto.Conn, pid int, x *execIO, hostGone cha
 		}
 		switch f.Type {
 		case proto.TStdin:
-			if stdin != nil {
-				if _, err := stdin.Write(f.Payload); err != nil {
-					closeStdin()
-				}
+			if feed != nil && !feed.push(f.Payload) {
+				close(hostGone) // a host that ignores the window is not one we serve
+				return
 			}
 		case proto.TStdinEOF:
-			closeStdin()
+			if feed != nil {
+				feed.end()
+			}
 		case proto.TSignal:
 			var sig proto.Signal
 			if proto.Decode(f, proto.TSignal, &sig) == nil && sig.Signal > 0 && sig.Signal < 65 {
@@ -411,6 +406,103 @@ func (s *Server) readHostFrames(pc *proto.Conn, pid int, x *execIO, hostGone cha
 		default:
 			close(hostGone)
 			return
+		}
+	}
+}
+
+// stdinFeed writes the host's stdin to the command from a buffer of at most
+// proto.StdinWindow bytes, and tells the host (TWindow) as room comes free.
+type stdinFeed struct {
+	pc *proto.Conn
+	x  *execIO
+
+	mu      sync.Mutex
+	cond    *sync.Cond
+	buf     []byte
+	eof     bool // the host ended its input: close the command's after buf
+	stopped bool // the exec is over, or the host gone
+	done    chan struct{}
+}
+
+// stdinPiece is the most written to the command before room is given back.
+const stdinPiece = 64 << 10
+
+func newStdinFeed(pc *proto.Conn, x *execIO) *stdinFeed {
+	f := &stdinFeed{pc: pc, x: x, done: make(chan struct{})}
+	f.cond = sync.NewCond(&f.mu)
+	go f.run()
+	return f
+}
+
+// push queues stdin; false when the host sent more than its window.
+func (f *stdinFeed) push(p []byte) bool {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if len(f.buf)+len(p) > proto.StdinWindow {
+		return false
+	}
+	f.buf = append(f.buf, p...)
+	f.cond.Signal()
+	return true
+}
+
+// end closes the command's input once what is queued is written.
+func (f *stdinFeed) end() {
+	f.mu.Lock()
+	f.eof = true
+	f.cond.Signal()
+	f.mu.Unlock()
+}
+
+// stop ends the feeder. A write blocked on a command that does not read is ended
+// by closing its input (pipes only: a terminal's master is also the output, closed
+// when the exec ends).
+func (f *stdinFeed) stop() {
+	f.mu.Lock()
+	f.stopped = true
+	f.cond.Signal()
+	f.mu.Unlock()
+	if f.x.stdin != f.x.pty {
+		f.x.stdin.Close()
+	}
+	<-f.done
+}
+
+func (f *stdinFeed) run() {
+	defer close(f.done)
+	stdin := f.x.stdin
+	broken := false // the command closed its input: drop what comes, keep the host going
+	var out []byte
+	for {
+		f.mu.Lock()
+		for len(f.buf) == 0 && !f.eof && !f.stopped {
+			f.cond.Wait()
+		}
+		if f.stopped {
+			f.mu.Unlock()
+			return
+		}
+		if len(f.buf) == 0 { // eof
+			f.mu.Unlock()
+			if stdin == f.x.pty {
+				// A terminal's master is also the output: end input with its EOF key.
+				_, _ = stdin.Write([]byte{4})
+			} else {
+				stdin.Close()
+			}
+			return
+		}
+		n := min(len(f.buf), stdinPiece)
+		out = append(out[:0], f.buf[:n]...)
+		f.buf = f.buf[:copy(f.buf, f.buf[n:])]
+		f.mu.Unlock()
+		if !broken {
+			if _, err := stdin.Write(out); err != nil {
+				broken = true
+			}
+		}
+		if f.pc.WriteJSON(proto.TWindow, proto.Window{Bytes: int64(n)}) != nil {
+			return // the host is gone
 		}
 	}
 }
