@@ -14,15 +14,25 @@ import (
 	"github.com/hashicorp/yamux"
 )
 
-// Serve runs the guest end on a virtio-serial port until ctx ends: it waits for a host
-// sync, acknowledges it, and hands each stream of the session to handle. When a session
-// ends (host gone, or garbage from a host that restarted) it goes back to waiting.
+// Serve runs the guest end on a virtio-serial port until ctx ends: it acknowledges
+// every host sync, starts a session when the host says go to one of them, and hands
+// each stream of the session to handle. When a session ends (host gone, or garbage
+// from a host that restarted) it goes back to waiting.
 func Serve(ctx context.Context, port io.ReadWriter, version string, log *slog.Logger, handle func(net.Conn)) error {
 	pr := &patientReader{ctx: ctx, r: port}
 	br := bufio.NewReaderSize(pr, 64<<10)
 	var wmu sync.Mutex // one write at a time on the port, across sessions
+	writeLine := func(line string) error {
+		wmu.Lock()
+		defer wmu.Unlock()
+		_, err := io.WriteString(port, line)
+		return err
+	}
+	// Nonces acknowledged since the last session: a go for any of them starts one (the
+	// host goes on the first ack it gets, which need not be the last we sent).
+	acked := map[string]bool{}
 	for {
-		if err := scanFor(br, syncMarker); err != nil {
+		if err := scanFor(br, markerPrefix); err != nil {
 			return err
 		}
 		line, err := readLine(br)
@@ -32,16 +42,31 @@ func Serve(ctx context.Context, port io.ReadWriter, version string, log *slog.Lo
 		if err != nil {
 			return err
 		}
-		nonce, err := ParseSync(line)
+		kind, nonce, err := ParseHostLine(line)
 		if err != nil {
-			logf(log, "link: ignoring bad sync", "err", err)
+			logf(log, "link: ignoring a line", "err", err)
 			continue
 		}
-		w := &sessionWriter{mu: &wmu, w: port}
-		if _, err := w.Write([]byte(ackMarker + nonce + " " + version + "\n")); err != nil {
+		if kind == syncKind {
+			if len(acked) >= 64 {
+				clear(acked) // a host that syncs this often without going is gone
+			}
+			acked[nonce] = true
+			if err := writeLine(ackMarker + nonce + " " + version + "\n"); err != nil {
+				return err
+			}
+			continue
+		}
+		if !acked[nonce] {
+			continue // a go for another guest's ack, or a stale one
+		}
+		clear(acked)
+		// Nothing but the session follows this line: no ack is sent during a session.
+		if err := writeLine(readyMarker + nonce + "\n"); err != nil {
 			return err
 		}
 		pr.eofEndsSession.Store(true)
+		w := &sessionWriter{mu: &wmu, w: port}
 		cw := newCoalescingWriter(w)
 		mux, err := yamux.Server(readerConn{r: br, w: cw}, yamuxConfig())
 		if err != nil {

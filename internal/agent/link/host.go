@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -77,14 +78,21 @@ func Dial(ctx context.Context, port net.Conn, opt DialOptions) (*Session, error)
 	}
 	stop := watchContext(ctx, port)
 	br := bufio.NewReaderSize(port, 64<<10)
-	version, err := awaitAck(br, func(n string) bool {
+	nonce, version, err := awaitAck(br, func(n string) bool {
 		mu.Lock()
 		defer mu.Unlock()
 		return sent[n]
 	})
-	stop()
 	close(stopResync)
-	resync.Wait() // no sync line may follow the session's first frames
+	resync.Wait() // no sync line may follow the go
+	if err == nil {
+		// The agent skips everything up to our go, syncs it has not read yet
+		// included, and answers it last, after any acks for them.
+		if _, err = io.WriteString(port, goMarker+nonce+"\n"); err == nil {
+			err = awaitLine(br, readyMarker, nonce)
+		}
+	}
+	stop()
 	if err != nil {
 		if ctx.Err() != nil {
 			return nil, fmt.Errorf("link: waiting for the agent: %w", ctx.Err())
@@ -101,23 +109,75 @@ func Dial(ctx context.Context, port net.Conn, opt DialOptions) (*Session, error)
 		<-mux.CloseChan()
 		cw.Close()
 	}()
-	return &Session{mux: mux, port: port, cw: cw, AgentVersion: version}, nil
+	s := &Session{mux: mux, port: port, cw: cw, AgentVersion: version}
+	if opt.Resync > 0 {
+		// A live agent's side is the uncertain one: prove the session carries
+		// frames both ways before anyone relies on it (keepalives are off, so a
+		// dead one would otherwise go unnoticed).
+		if err := s.ping(ctx); err != nil {
+			s.Close()
+			return nil, fmt.Errorf("link: new session does not answer: %w", err)
+		}
+	}
+	return s, nil
 }
 
-func awaitAck(br *bufio.Reader, ours func(nonce string) bool) (string, error) {
+// ping waits for a yamux ping's answer, as long as ctx allows.
+func (s *Session) ping(ctx context.Context) error {
+	errc := make(chan error, 1)
+	go func() {
+		_, err := s.mux.Ping()
+		errc <- err
+	}()
+	select {
+	case err := <-errc:
+		return err
+	case <-ctx.Done():
+		s.Close() // ends the ping
+		<-errc
+		return ctx.Err()
+	}
+}
+
+// awaitAck waits for an ack of one of our syncs and returns its nonce and the agent's
+// version.
+func awaitAck(br *bufio.Reader, ours func(nonce string) bool) (nonce, version string, err error) {
 	for {
 		if err := scanFor(br, ackMarker); err != nil {
-			return "", err
+			return "", "", err
 		}
 		line, err := readLine(br)
+		if errors.Is(err, errLineTooLong) {
+			continue // stale bytes that happened to look like a marker
+		}
 		if err != nil {
-			return "", err
+			return "", "", err
 		}
 		got, version, err := ParseAck(line)
 		if err != nil || !ours(got) {
 			continue // a stale ack from an earlier host connection
 		}
-		return version, nil
+		return got, version, nil
+	}
+}
+
+// awaitLine waits for marker followed by nonce, skipping everything else (acks of
+// syncs the agent read after the one we go on).
+func awaitLine(br *bufio.Reader, marker, nonce string) error {
+	for {
+		if err := scanFor(br, marker); err != nil {
+			return err
+		}
+		line, err := readLine(br)
+		if errors.Is(err, errLineTooLong) {
+			continue
+		}
+		if err != nil {
+			return err
+		}
+		if line == nonce {
+			return nil
+		}
 	}
 }
 

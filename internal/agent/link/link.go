@@ -3,14 +3,18 @@
 // A virtio-serial port is a single byte stream with awkward semantics: the guest reads
 // EOF while no host is connected, bytes written while nobody listens reach the next
 // host, and a restored snapshot resumes mid-conversation. So each host connection
-// starts with a sync exchange that both sides can find in a stream of stale bytes:
+// starts with an exchange that both sides can find in a stream of stale bytes:
 //
-//	host  -> guest: "\xffMVMSYNC1 " + 32 hex nonce + "\n"
-//	guest -> host:  "\xffMVMACK1 " + nonce + " " + agent version + "\n"
+//	host  -> guest: "\xffMVMSYNC1 " + 32 hex nonce + "\n"   (repeated until answered)
+//	guest -> host:  "\xffMVMACK1 " + nonce + " " + agent version + "\n"   (each sync)
+//	host  -> guest: "\xffMVMGO1 " + nonce + "\n"    (the first ack of ours; no sync after it)
+//	guest -> host:  "\xffMVMREADY1 " + nonce + "\n" (no ack after it)
 //
-// Everything before the marker is discarded. After the exchange both ends run a yamux
-// session (host = client) whose streams each carry one agent connection, exactly as a
-// vsock connection would.
+// Each side discards everything before the line it waits for, so syncs the host sent
+// before the ack came (a live agent's session may swallow the first) and acks the
+// guest gave them can never reach the other side's yamux. After the exchange both ends
+// run a yamux session (host = client) whose streams each carry one agent connection,
+// exactly as a vsock connection would.
 package link
 
 import (
@@ -29,10 +33,15 @@ import (
 )
 
 const (
-	syncMarker = "\xffMVMSYNC1 "
-	ackMarker  = "\xffMVMACK1 "
-	nonceHex   = 32
-	maxLineLen = 128
+	markerPrefix = "\xffMVM"
+	syncMarker   = markerPrefix + syncKind + " "
+	ackMarker    = "\xffMVMACK1 "
+	goMarker     = markerPrefix + goKind + " "
+	readyMarker  = "\xffMVMREADY1 "
+	syncKind     = "SYNC1"
+	goKind       = "GO1"
+	nonceHex     = 32
+	maxLineLen   = 128
 )
 
 // yamuxConfig is shared by both ends. Keepalives are off because a paused or snapshotted
@@ -110,6 +119,19 @@ func ParseAck(line string) (nonce, version string, err error) {
 		return "", "", err
 	}
 	return nonce, version, nil
+}
+
+// ParseHostLine parses what follows markerPrefix in a line from the host: a sync or a
+// go, and its nonce.
+func ParseHostLine(line string) (kind, nonce string, err error) {
+	kind, rest, ok := strings.Cut(line, " ")
+	if !ok || (kind != syncKind && kind != goKind) {
+		return "", "", errors.New("link: not a sync or go line")
+	}
+	if nonce, err = ParseSync(rest); err != nil {
+		return "", "", err
+	}
+	return kind, nonce, nil
 }
 
 // readerConn feeds yamux from our buffered reader (so bytes buffered during the sync are

@@ -8,6 +8,7 @@ import (
 	"os"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -145,13 +146,133 @@ func (s *switchable) Write(p []byte) (int, error) { return s.cur().Write(p) }
 
 func FuzzParseSyncAck(f *testing.F) {
 	f.Add(strings.Repeat("0f", 16) + " v1")
+	f.Add("GO1 " + strings.Repeat("0f", 16))
+	f.Add("\xffMVMSYNC1 " + strings.Repeat("0f", 16) + "\n")
 	f.Fuzz(func(t *testing.T, line string) {
 		_, _ = ParseSync(line)
 		_, _, _ = ParseAck(line)
+		if kind, nonce, err := ParseHostLine(line); err == nil && (len(nonce) != nonceHex || (kind != syncKind && kind != goKind)) {
+			t.Fatalf("accepted %q as %q %q", line, kind, nonce)
+		}
 		br := bufio.NewReader(strings.NewReader(line))
-		_ = scanFor(br, syncMarker)
+		_ = scanFor(br, markerPrefix)
 		_, _ = readLine(br)
 	})
+}
+
+func TestParseHostLine(t *testing.T) {
+	n := strings.Repeat("ab", 16)
+	for _, tc := range []struct {
+		line, kind string
+	}{
+		{"SYNC1 " + n, syncKind},
+		{"GO1 " + n, goKind},
+		{"ACK1 " + n, ""},
+		{"GO1 " + n[:30], ""},
+		{"GO1" + n, ""},
+		{"READY1 " + n, ""},
+	} {
+		kind, nonce, err := ParseHostLine(tc.line)
+		if kind != tc.kind || (err == nil) != (tc.kind != "") || (err == nil && nonce != n) {
+			t.Errorf("%q: %q %q %v", tc.line, kind, nonce, err)
+		}
+	}
+}
+
+// stallingPort delays the guest's next read once, as a busy emulated guest does.
+type stallingPort struct {
+	net.Conn
+	stall atomic.Int64 // nanoseconds
+}
+
+func (p *stallingPort) Read(b []byte) (int, error) {
+	if d := p.stall.Swap(0); d > 0 {
+		time.Sleep(time.Duration(d))
+	}
+	return p.Conn.Read(b)
+}
+
+// TestRelinkSlowGuest: a guest that is slow to read while the host re-links gets
+// several syncs; those it reads after its ack must not reach its new session (yamux
+// took them for a bad frame and ended it without a word to the host, which then
+// thought a dead session alive: every exec, cp and forward hung).
+func TestRelinkSlowGuest(t *testing.T) {
+	for _, stall := range []time.Duration{0, 650 * time.Millisecond, 1500 * time.Millisecond} {
+		t.Run(stall.String(), func(t *testing.T) {
+			guest, host := socketPair(t)
+			ctx, cancel := context.WithCancel(context.Background())
+			defer cancel()
+			sp := &stallingPort{Conn: guest}
+			go Serve(ctx, sp, "v", nil, func(c net.Conn) { io.Copy(c, c); c.Close() })
+			dctx, dc := context.WithTimeout(ctx, 10*time.Second)
+			defer dc()
+			s1, err := Dial(dctx, host, DialOptions{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			echo(t, ctx, s1)
+			s1.Close() // our side only: the agent's session lives on
+			sp.stall.Store(int64(stall))
+			s2, err := Dial(dctx, host, DialOptions{Resync: 300 * time.Millisecond}) // as the supervisor re-links
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer s2.Close()
+			echo(t, ctx, s2)
+			time.Sleep(100 * time.Millisecond)
+			echo(t, ctx, s2)
+		})
+	}
+}
+
+func echo(t *testing.T, ctx context.Context, s *Session) {
+	t.Helper()
+	c, err := s.Open(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.Write([]byte("ping"))
+	buf := make([]byte, 4)
+	c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if _, err := io.ReadFull(c, buf); err != nil || string(buf) != "ping" {
+		t.Fatalf("echo: %q %v", buf, err)
+	}
+}
+
+// TestRelinkDeadSessionRefused: a re-link to an agent that completes the exchange but
+// then does not speak yamux fails (and can be retried) instead of returning a session
+// that looks alive and answers nothing.
+func TestRelinkDeadSessionRefused(t *testing.T) {
+	guest, host := socketPair(t)
+	go func() { // answers the exchange, then swallows everything
+		br := bufio.NewReader(guest)
+		for {
+			if scanFor(br, markerPrefix) != nil {
+				return
+			}
+			line, err := readLine(br)
+			if err != nil {
+				return
+			}
+			kind, nonce, err := ParseHostLine(line)
+			switch {
+			case err != nil:
+			case kind == syncKind:
+				io.WriteString(guest, ackMarker+nonce+" v\n")
+			case kind == goKind:
+				io.WriteString(guest, readyMarker+nonce+"\n")
+				io.Copy(io.Discard, br)
+				return
+			}
+		}
+	}()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+	defer cancel()
+	if s, err := Dial(ctx, host, DialOptions{Resync: 100 * time.Millisecond}); err == nil {
+		s.Close()
+		t.Fatal("a session that answers nothing was returned")
+	}
 }
 
 // TestRelinkLiveAgent: the host drops its session while the agent's is still alive
