@@ -12,6 +12,7 @@ import (
 	"net"
 	"sync"
 	"syscall"
+	"time"
 
 	"github.com/mvm-dev/mvm/internal/vm"
 )
@@ -60,34 +61,83 @@ func Close(ls []Listener) {
 	}
 }
 
-// Serve forwards connections until ctx ends, then closes the listeners and waits for
-// the connections in flight to finish.
+// Serve forwards connections until ctx ends, then closes the listeners and the
+// connections still open (an idle keep-alive connection would otherwise keep it
+// running for ever) and returns once they are done.
 func Serve(ctx context.Context, ls []Listener, dial DialGuest, log *slog.Logger) {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	var wg sync.WaitGroup
+	var (
+		wg    sync.WaitGroup
+		mu    sync.Mutex
+		conns = map[net.Conn]struct{}{}
+	)
+	// track registers a connection to close when ctx ends; false if it already has.
+	track := func(c net.Conn) bool {
+		mu.Lock()
+		defer mu.Unlock()
+		if ctx.Err() != nil {
+			return false
+		}
+		conns[c] = struct{}{}
+		return true
+	}
+	untrack := func(c net.Conn) {
+		mu.Lock()
+		delete(conns, c)
+		mu.Unlock()
+	}
 	go func() {
 		<-ctx.Done()
 		Close(ls)
+		mu.Lock()
+		for c := range conns {
+			c.Close()
+		}
+		mu.Unlock()
 	}()
 	for _, l := range ls {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
+			backoff := time.Duration(0)
 			for {
 				c, err := l.Accept()
 				if err != nil {
+					if ctx.Err() != nil || errors.Is(err, net.ErrClosed) {
+						return
+					}
+					// Out of descriptors (EMFILE) and the like pass: keep the port
+					// served rather than leave it bound and dead.
+					backoff = min(max(2*backoff, 5*time.Millisecond), time.Second)
+					log.Warn("forward: accept", "port", l.Spec.HostPort, "err", err, "retry_in", backoff)
+					select {
+					case <-time.After(backoff):
+					case <-ctx.Done():
+						return
+					}
+					continue
+				}
+				backoff = 0
+				if !track(c) {
+					c.Close()
 					return
 				}
 				wg.Add(1)
 				go func() {
 					defer wg.Done()
+					defer untrack(c)
 					defer c.Close()
 					g, err := dial(ctx, l.Spec.GuestPort)
 					if err != nil {
 						log.Warn("forward: guest port unreachable", "port", l.Spec.GuestPort, "err", err)
 						return
 					}
+					if !track(g) {
+						g.Close()
+						return
+					}
+					defer untrack(g)
 					defer g.Close()
 					Splice(c, g)
 				}()
