@@ -2,6 +2,7 @@ package hybrid
 
 import (
 	"bytes"
+	"io"
 	"net"
 	"os"
 	"syscall"
@@ -121,4 +122,43 @@ func TestExclusiveDrainsWithoutHolder(t *testing.T) {
 	defer h.Close()
 	guest.Write([]byte("fresh"))
 	readUntil(t, h, "fresh")
+}
+
+// TestSpliceClientGoneWhileGuestStalls: a client that leaves while its bytes are stuck
+// in front of a guest that stopped reading (a refused transfer) ends the splice; it
+// used to wait in that write for ever, so the holder never hung up.
+func TestSpliceClientGoneWhileGuestStalls(t *testing.T) {
+	client, clientPeer := portPair(t)
+	guestSide, guest := portPair(t)
+	_ = guest // never reads
+	done := make(chan struct{})
+	go func() { Splice(client, guestSide, client); close(done) }()
+	go clientPeer.Write(bytes.Repeat([]byte("x"), 16<<20)) // blocks: nobody reads
+	time.Sleep(200 * time.Millisecond)
+	clientPeer.Close()
+	select {
+	case <-done:
+	case <-time.After(3 * time.Second):
+		t.Fatal("the splice still waits on a guest that does not read, for a client that left")
+	}
+}
+
+// TestSpliceHalfCloseKept: a client that only stops sending still gets the answer,
+// however long the guest takes to read.
+func TestSpliceHalfCloseKept(t *testing.T) {
+	client, clientPeer := portPair(t)
+	guestSide, guest := portPair(t)
+	go Splice(client, guestSide, client)
+	go func() {
+		clientPeer.Write(bytes.Repeat([]byte("q"), 4<<20))
+		clientPeer.(interface{ CloseWrite() error }).CloseWrite()
+	}()
+	time.Sleep(600 * time.Millisecond) // the guest is slow: writes stall past stallCheck
+	n, _ := io.Copy(io.Discard, io.LimitReader(guest, 4<<20))
+	guest.Write([]byte("answer"))
+	guest.(interface{ CloseWrite() error }).CloseWrite()
+	got, err := io.ReadAll(clientPeer)
+	if n != 4<<20 || string(got) != "answer" {
+		t.Fatalf("guest got %d bytes; client got %q %v", n, got, err)
+	}
 }

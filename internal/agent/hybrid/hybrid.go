@@ -16,7 +16,10 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // OpenFunc opens a stream to a guest port.
@@ -86,13 +89,13 @@ func handle(ctx context.Context, c net.Conn, open OpenFunc, log *slog.Logger) {
 type closeWriter interface{ CloseWrite() error }
 
 // Splice copies both ways until both directions end, passing half-closes on.
-// buffered holds bytes already read from a.
+// buffered holds bytes already read from a, the client.
 func Splice(a, b net.Conn, buffered io.Reader) {
 	var wg sync.WaitGroup
 	wg.Add(2)
-	cp := func(dst net.Conn, r io.Reader) {
+	cp := func(dst net.Conn, copy func() error) {
 		defer wg.Done()
-		if _, err := io.Copy(dst, r); err != nil {
+		if err := copy(); err != nil {
 			a.Close() // unblock the other direction
 			b.Close()
 			return
@@ -103,9 +106,70 @@ func Splice(a, b net.Conn, buffered io.Reader) {
 			dst.Close() // a yamux stream's Close is a half-close
 		}
 	}
-	go cp(b, buffered)
-	go cp(a, b)
+	go cp(b, func() error { return copyFromClient(b, buffered, a) })
+	go cp(a, func() error { _, err := io.Copy(a, b); return err })
 	wg.Wait()
+}
+
+// stallCheck is how long a write towards the guest may block before we look whether
+// the client is still there.
+const stallCheck = 250 * time.Millisecond
+
+var errClientGone = errors.New("hybrid socket: the client left while the guest was not reading")
+
+// copyFromClient copies the client's bytes (r, read from client) to dst. A guest that
+// stopped reading (it refused a transfer) blocks the write, and then the client's
+// close would go unnoticed for ever, holding the stream (the bulk channel, a stream
+// window): while a write stalls, a client that will neither send nor receive anything
+// more (its socket reports POLLHUP) ends the copy.
+func copyFromClient(dst net.Conn, r io.Reader, client net.Conn) error {
+	defer dst.SetWriteDeadline(time.Time{})
+	buf := make([]byte, 32<<10)
+	for {
+		n, rerr := r.Read(buf)
+		for p := buf[:n]; len(p) > 0; {
+			_ = dst.SetWriteDeadline(time.Now().Add(stallCheck))
+			k, werr := dst.Write(p)
+			p = p[k:]
+			var ne net.Error
+			switch {
+			case werr == nil:
+			case errors.As(werr, &ne) && ne.Timeout():
+				if closedByPeer(client) {
+					return errClientGone
+				}
+			default:
+				return werr
+			}
+		}
+		if errors.Is(rerr, io.EOF) {
+			return nil
+		}
+		if rerr != nil {
+			return rerr
+		}
+	}
+}
+
+// closedByPeer reports whether c's peer has closed it for good (POLLHUP: both
+// directions shut down), without reading what may still be queued.
+func closedByPeer(c net.Conn) bool {
+	sc, ok := c.(syscall.Conn)
+	if !ok {
+		return false
+	}
+	rc, err := sc.SyscallConn()
+	if err != nil {
+		return false
+	}
+	hup := false
+	_ = rc.Control(func(fd uintptr) {
+		fds := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLRDHUP}}
+		if n, err := unix.Poll(fds, 0); err == nil && n > 0 {
+			hup = fds[0].Revents&(unix.POLLHUP|unix.POLLERR) != 0
+		}
+	})
+	return hup
 }
 
 // ErrNoListener is returned by OpenFuncs for ports nobody listens on.
