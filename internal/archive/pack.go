@@ -9,6 +9,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"syscall"
 	"time"
 )
 
@@ -53,17 +54,20 @@ func PackWith(ctx context.Context, w io.Writer, src string, opts PackOptions) (S
 	sw := &switchWriter{w: w}
 	p := packer{ctx: ctx, tw: tar.NewWriter(sw), sw: sw, opts: opts}
 	if !info.IsDir {
-		err = p.add(src, info.Base, fi)
+		err = p.add(nil, src, src, info.Base, fi)
 	} else {
-		err = filepath.WalkDir(src, func(file string, d fs.DirEntry, err error) error {
+		// The tree is walked inside an os.Root: someone who can write in it and swaps
+		// a directory for a symlink while we walk cannot make us read outside it.
+		var root *os.Root
+		if root, err = os.OpenRoot(src); err != nil {
+			return info, Result{}, fmt.Errorf("pack %s: %w", src, err)
+		}
+		defer root.Close()
+		err = fs.WalkDir(root.FS(), ".", func(rel string, d fs.DirEntry, err error) error {
 			if err != nil {
 				return err
 			}
-			rel, err := filepath.Rel(src, file)
-			if err != nil {
-				return err
-			}
-			name := filepath.ToSlash(rel)
+			name := rel
 			switch {
 			case rel == "." && info.ContentsOnly:
 				return nil
@@ -72,11 +76,11 @@ func PackWith(ctx context.Context, w io.Writer, src string, opts PackOptions) (S
 			case !info.ContentsOnly:
 				name = info.Base + "/" + name
 			}
-			fi, err := d.Info()
+			fi, err := root.Lstat(rel)
 			if err != nil {
 				return err
 			}
-			return p.add(file, name, fi)
+			return p.add(root, rel, filepath.Join(src, rel), name, fi)
 		})
 	}
 	if err != nil {
@@ -120,7 +124,9 @@ func (zeros) Read(p []byte) (int, error) {
 	return len(p), nil
 }
 
-func (p *packer) add(file, name string, fi fs.FileInfo) error {
+// add writes the entry name for what fi describes: rel inside root, or the path rel
+// itself when root is nil. file names it in errors.
+func (p *packer) add(root *os.Root, rel, file, name string, fi fs.FileInfo) error {
 	if err := p.ctx.Err(); err != nil {
 		return err
 	}
@@ -131,7 +137,12 @@ func (p *packer) add(file, name string, fi fs.FileInfo) error {
 		name += "/"
 	case fs.ModeSymlink:
 		var err error
-		if link, err = os.Readlink(file); err != nil {
+		if root != nil {
+			link, err = root.Readlink(rel)
+		} else {
+			link, err = os.Readlink(rel)
+		}
+		if err != nil {
 			return err
 		}
 	default:
@@ -155,9 +166,9 @@ func (p *packer) add(file, name string, fi fs.FileInfo) error {
 	if hdr.Typeflag != tar.TypeReg {
 		return nil
 	}
-	f, err := os.Open(file)
+	f, err := openWalked(root, rel, fi)
 	if err != nil {
-		return err
+		return fmt.Errorf("%s: %w", file, err)
 	}
 	defer f.Close()
 	if p.opts.Content != nil && hdr.Size > 0 {
@@ -184,6 +195,33 @@ func (p *packer) add(file, name string, fi fs.FileInfo) error {
 		return fmt.Errorf("%s: %w", file, err)
 	}
 	return nil
+}
+
+// openWalked opens the regular file the walk found, and only that: a symlink swapped
+// in since is not followed (O_NOFOLLOW; inside a root, one that stays inside it is,
+// and then caught by the identity check), a FIFO does not block the open (O_NONBLOCK),
+// and anything that is not the same regular file is refused.
+func openWalked(root *os.Root, rel string, walked fs.FileInfo) (*os.File, error) {
+	flag := os.O_RDONLY | syscall.O_NOFOLLOW | syscall.O_NONBLOCK
+	var f *os.File
+	var err error
+	if root != nil {
+		f, err = root.OpenFile(rel, flag, 0)
+	} else {
+		f, err = os.OpenFile(rel, flag, 0)
+	}
+	if err != nil {
+		return nil, err
+	}
+	st, err := f.Stat()
+	if err == nil && (!st.Mode().IsRegular() || !os.SameFile(st, walked)) {
+		err = errors.New("replaced while being copied")
+	}
+	if err != nil {
+		f.Close()
+		return nil, err
+	}
+	return f, nil
 }
 
 // numericIDs makes tar.FileInfoHeader skip its user and group name lookups:
