@@ -25,8 +25,13 @@ func (s *Server) copyOut(ctx context.Context, pc *proto.Conn, req *proto.Copy) {
 		return
 	}
 	if req.Bulk && s.Bulk != nil && s.bulkMu.TryLock() {
-		defer s.bulkMu.Unlock()
-		s.copyOutBulk(ctx, pc, req.Path, info)
+		done := s.copyOutBulk(ctx, pc, req.Path, info)
+		// The channel is free before the host hears the copy is over, so the copy it
+		// may start at once finds it free.
+		s.bulkMu.Unlock()
+		if done != nil {
+			_ = pc.WriteJSON(proto.TDone, done)
+		}
 		return
 	}
 	if err := pc.WriteJSON(proto.TResponse, proto.Response{OK: true, Source: &proto.CopySource{
@@ -51,8 +56,11 @@ func (s *Server) copyOut(ctx context.Context, pc *proto.Conn, req *proto.Copy) {
 func (s *Server) copyIn(ctx context.Context, pc *proto.Conn, req *proto.Copy) {
 	src := archive.SourceInfo{Base: req.Source.Base, IsDir: req.Source.IsDir, ContentsOnly: req.Source.ContentsOnly}
 	if req.Bulk && bulk.ValidID(req.BulkID) && s.Bulk != nil && s.bulkMu.TryLock() {
-		defer s.bulkMu.Unlock()
-		s.copyInBulk(ctx, pc, req, src)
+		final := s.copyInBulk(ctx, pc, req, src)
+		s.bulkMu.Unlock() // before the answer, as for a copy out
+		if final != nil {
+			_ = pc.WriteJSON(proto.TResponse, final)
+		}
 		return
 	}
 	if err := pc.WriteJSON(proto.TResponse, proto.Response{OK: true}); err != nil {
@@ -115,8 +123,9 @@ func (s *Server) copyIn(ctx context.Context, pc *proto.Conn, req *proto.Copy) {
 }
 
 // copyOutBulk sends the tar stream on the bulk channel (file contents with
-// sendfile); Done follows on the request's own stream.
-func (s *Server) copyOutBulk(ctx context.Context, pc *proto.Conn, path string, info archive.SourceInfo) {
+// sendfile) and returns the Done to send on the request's own stream (nil when the
+// host is gone).
+func (s *Server) copyOutBulk(ctx context.Context, pc *proto.Conn, path string, info archive.SourceInfo) *proto.Done {
 	g := bulk.NewGuard(s.Bulk)
 	defer g.Release()
 	// The host sends nothing more on the request's stream, so its end means the host
@@ -135,7 +144,7 @@ func (s *Server) copyOutBulk(ctx context.Context, pc *proto.Conn, path string, i
 	id := bulk.NewID()
 	if err := pc.WriteJSON(proto.TResponse, proto.Response{OK: true, BulkID: id, Source: &proto.CopySource{
 		Base: info.Base, IsDir: info.IsDir, ContentsOnly: info.ContentsOnly}}); err != nil {
-		return
+		return nil
 	}
 	done := proto.Done{}
 	bw, err := bulk.NewWriter(s.Bulk, id)
@@ -151,17 +160,18 @@ func (s *Server) copyOutBulk(ctx context.Context, pc *proto.Conn, path string, i
 	if err != nil {
 		done.Error = err.Error()
 	}
-	_ = pc.WriteJSON(proto.TDone, done)
+	return &done
 }
 
-// copyInBulk reads the tar stream from the bulk channel. The request's stream carries
-// Done, which ends the read when the sender failed (and bounds it otherwise), and its
-// end (the host gone) aborts the read.
-func (s *Server) copyInBulk(ctx context.Context, pc *proto.Conn, req *proto.Copy, src archive.SourceInfo) {
+// copyInBulk reads the tar stream from the bulk channel and returns the answer to
+// give (nil when the host is gone). The request's stream carries Done, which ends the
+// read when the sender failed (and bounds it otherwise), and its end (the host gone)
+// aborts the read.
+func (s *Server) copyInBulk(ctx context.Context, pc *proto.Conn, req *proto.Copy, src archive.SourceInfo) *proto.Response {
 	g := bulk.NewGuard(s.Bulk)
 	defer g.Release()
 	if err := pc.WriteJSON(proto.TResponse, proto.Response{OK: true, BulkID: req.BulkID}); err != nil {
-		return
+		return nil
 	}
 	type doneOrErr struct {
 		d   proto.Done
@@ -178,9 +188,9 @@ func (s *Server) copyInBulk(ctx context.Context, pc *proto.Conn, req *proto.Copy
 		}
 		g.Finish(d)
 	}()
-	fail := func(err error) { _ = pc.WriteJSON(proto.TResponse, proto.Response{Error: err.Error()}) }
+	fail := func(err error) *proto.Response { return &proto.Response{Error: err.Error()} }
 	// failRead reports a failed read, or what made it fail: the sender's error.
-	failRead := func(err error) {
+	failRead := func(err error) *proto.Response {
 		select {
 		case r := <-doneCh:
 			if r.err == nil && r.d.Error != "" {
@@ -188,40 +198,34 @@ func (s *Server) copyInBulk(ctx context.Context, pc *proto.Conn, req *proto.Copy
 			}
 		default:
 		}
-		fail(err)
+		return fail(err)
 	}
 	br := bufio.NewReaderSize(g.Reader(s.Bulk), 256<<10)
 	if err := bulk.SkipToMarker(br, req.BulkID); err != nil {
-		failRead(fmt.Errorf("bulk channel: %w", err))
-		return
+		return failRead(fmt.Errorf("bulk channel: %w", err))
 	}
 	hr := archive.NewHashingReader(br)
 	res, err := archive.Unpack(ctx, hr, req.Path, src, archive.UnpackOptions{Chown: os.Geteuid() == 0})
 	if err != nil {
-		failRead(err)
-		return
+		return failRead(err)
 	}
 	r := <-doneCh
 	if r.err != nil {
-		fail(fmt.Errorf("the host stopped before the end of the copy: %w", r.err))
-		return
+		return fail(fmt.Errorf("the host stopped before the end of the copy: %w", r.err))
 	}
 	d := r.d
 	if d.Error != "" {
-		fail(errors.New("the sender failed: " + d.Error))
-		return
+		return fail(errors.New("the sender failed: " + d.Error))
 	}
 	if rest := d.Bytes - hr.N(); rest > 0 {
 		if _, err := io.CopyN(io.Discard, hr, rest); err != nil {
-			fail(err)
-			return
+			return fail(err)
 		}
 	}
 	if err := bulk.Verify(hr, d); err != nil {
-		fail(err)
-		return
+		return fail(err)
 	}
-	_ = pc.WriteJSON(proto.TResponse, proto.Response{OK: true, Result: &proto.CopyResult{Bytes: res.Bytes, Entries: res.Entries}})
+	return &proto.Response{OK: true, Result: &proto.CopyResult{Bytes: res.Bytes, Entries: res.Entries}}
 }
 
 // senderFirst returns the sender's error when it failed (its Done says why the stream
