@@ -9,6 +9,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/mvm-dev/mvm/internal/ui"
 	"github.com/mvm-dev/mvm/internal/vm"
 )
 
@@ -72,9 +73,7 @@ Files copied to the host belong to the user running mvmctl, without setuid/setgi
 				if err != nil {
 					return err
 				}
-				for _, s := range res.Skipped {
-					fmt.Fprintf(a.stderr, "mvmctl: skipped %s (not a file, directory or symlink)\n", s)
-				}
+				a.cpSkipped(res.Skipped)
 				a.cpSummary(res.Entries, res.Bytes, time.Since(start))
 				return nil
 			}
@@ -82,12 +81,18 @@ Files copied to the host belong to the user running mvmctl, without setuid/setgi
 			if err != nil {
 				return err
 			}
-			for _, s := range res.Skipped {
-				fmt.Fprintf(a.stderr, "mvmctl: skipped %s (not a file, directory or symlink)\n", s)
-			}
+			a.cpSkipped(res.Skipped)
 			a.cpSummary(res.Entries, res.Bytes, time.Since(start))
 			return nil
 		},
+	}
+}
+
+// cpSkipped lists entries left out. Names from a guest are escaped: they must not be
+// able to send the terminal escape sequences or forge lines.
+func (a *app) cpSkipped(names []string) {
+	for _, s := range names {
+		fmt.Fprintf(a.stderr, "mvmctl: skipped %s (not a file, directory or symlink)\n", ui.PrintableLine(s))
 	}
 }
 

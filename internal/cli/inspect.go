@@ -2,6 +2,7 @@ package cli
 
 import (
 	"fmt"
+	"io"
 	"strings"
 	"time"
 
@@ -34,7 +35,7 @@ func newInspectCmd(a *app) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			v := inspectView{vmView: viewOf(rec), EgressResolved: rec.EgressResolved, Guest: info}
+			v := inspectView{vmView: viewOf(rec, rt.DiskUsage(rec)), EgressResolved: rec.EgressResolved, Guest: info}
 			if v.EgressResolved == nil {
 				v.EgressResolved = []string{}
 			}
@@ -67,27 +68,35 @@ func newInspectCmd(a *app) *cobra.Command {
 			row("Egress", egress)
 			row("Image", v.Image+" ("+shortDigest(v.ImageDigest)+", kernel "+v.Kernel+")")
 			row("Created", v.CreatedAt.Local().Format(time.RFC3339))
-			if info == nil {
-				return nil
-			}
-			row("Agent", info.AgentVersion)
-			row("Guest kernel", info.Kernel)
-			row("Uptime", ui.Duration(time.Duration(info.UptimeSec*float64(time.Second))))
-			row("Addresses", orDash(strings.Join(info.Addresses, ", ")))
-			if len(info.Load) == 3 {
-				row("Load", fmt.Sprintf("%.2f %.2f %.2f", info.Load[0], info.Load[1], info.Load[2]))
-			}
-			row("Memory", fmt.Sprintf("%s available of %s", vm.FormatBytes(info.MemAvailKiB*1024), vm.FormatBytes(info.MemTotalKiB*1024)))
-			row("Processes", fmt.Sprint(info.Processes))
-			fmt.Fprintln(w, "Mounts:")
-			for _, m := range info.Mounts {
-				fmt.Fprintf(w, "  %-14s %-10s %-8s %s\n", m.Target, m.Source, m.FSType, m.Options)
+			if info != nil {
+				printGuestInfo(w, info)
 			}
 			return nil
 		},
 	}
 	c.Flags().BoolVar(&asJSON, "json", false, "print as JSON")
 	return c
+}
+
+// printGuestInfo prints what the agent reports. All of it comes from the guest, so
+// text is escaped: it must not be able to send the terminal escape sequences or forge
+// lines.
+func printGuestInfo(w io.Writer, info *proto.AgentInfo) {
+	row := func(k, val string) { fmt.Fprintf(w, "%-14s %s\n", k+":", ui.PrintableLine(val)) }
+	row("Agent", info.AgentVersion)
+	row("Guest kernel", info.Kernel)
+	row("Uptime", ui.Duration(time.Duration(info.UptimeSec*float64(time.Second))))
+	row("Addresses", orDash(strings.Join(info.Addresses, ", ")))
+	if len(info.Load) == 3 {
+		row("Load", fmt.Sprintf("%.2f %.2f %.2f", info.Load[0], info.Load[1], info.Load[2]))
+	}
+	row("Memory", fmt.Sprintf("%s available of %s", vm.FormatBytes(info.MemAvailKiB*1024), vm.FormatBytes(info.MemTotalKiB*1024)))
+	row("Processes", fmt.Sprint(info.Processes))
+	fmt.Fprintln(w, "Mounts:")
+	for _, m := range info.Mounts {
+		fmt.Fprintf(w, "  %-14s %-10s %-8s %s\n", ui.PrintableLine(m.Target), ui.PrintableLine(m.Source),
+			ui.PrintableLine(m.FSType), ui.PrintableLine(m.Options))
+	}
 }
 
 func shortDigest(d string) string {

@@ -85,10 +85,16 @@ func plural(n int, unit string) string {
 
 // Printable makes text that came from a guest safe to print on the host's terminal:
 // control characters (escape sequences could rewrite the screen) become visible escapes.
-func Printable(s string) string {
+func Printable(s string) string { return printable(s, true) }
+
+// PrintableLine is Printable for a value that must stay on its line (a field in a
+// listing): newlines and tabs are escaped too, so a guest cannot forge lines.
+func PrintableLine(s string) string { return printable(s, false) }
+
+func printable(s string, multiline bool) string {
 	var b strings.Builder
 	for _, r := range s {
-		if r == '\n' || r == '\t' || (r >= 0x20 && r != 0x7f && !(r >= 0x80 && r < 0xa0)) {
+		if (multiline && (r == '\n' || r == '\t')) || (r >= 0x20 && r != 0x7f && !(r >= 0x80 && r < 0xa0)) {
 			b.WriteRune(r)
 			continue
 		}
