@@ -44,6 +44,11 @@ type UnpackOptions struct {
 // symlink are refused with an error wrapping [ErrUnsafeEntry]. Symlinks are
 // created verbatim: they are data, only following them is refused. An
 // existing directory is never replaced by a non-directory nor the reverse.
+// Nor is the destination trusted to stay as it was checked: each directory is
+// opened once, checked to be the real directory that was looked at, and
+// everything in it is done relative to that handle, so someone who can write
+// in a directory of the destination cannot redirect later writes through a
+// symlink swapped in.
 //
 // Regular files are written to a temporary name and renamed into place, so a
 // failure never leaves a half-written file under its final name (entries
@@ -74,13 +79,14 @@ func Unpack(ctx context.Context, r io.Reader, dest string, src SourceInfo, opts 
 	defer root.Close()
 
 	u := unpacker{
-		ctx:      ctx,
-		root:     root,
-		opts:     opts,
-		src:      src,
-		target:   target,
-		verified: map[string]bool{},
+		ctx:    ctx,
+		root:   root,
+		opts:   opts,
+		src:    src,
+		target: target,
+		dirs:   map[string]*os.Root{".": root},
 	}
+	defer u.closeDirs()
 	// Directory modes and mtimes go on last, deepest first: writing children
 	// would bump the mtimes, and a read-only mode would block the writes.
 	// They are applied on failure too, so directories do not stay 0700.
@@ -93,7 +99,6 @@ func Unpack(ctx context.Context, r io.Reader, dest string, src SourceInfo, opts 
 		if err := root.Mkdir(target, 0o755); err != nil {
 			return Result{}, fmt.Errorf("create destination: %w", err)
 		}
-		u.verified[target] = true
 	}
 
 	tr := tar.NewReader(ctxReader{ctx, r})
@@ -164,18 +169,18 @@ func destination(dest string, src SourceInfo) (rootDir, target string, createTar
 }
 
 type unpacker struct {
-	ctx    context.Context
-	root   *os.Root
-	opts   UnpackOptions
-	src    SourceInfo
-	target string
-	sawTop bool
-	res    Result
-	dirs   []dirMeta
-	// verified holds names known to be real directories (not symlinks)
-	// inside the root. It stays valid for the whole stream because an
-	// existing directory is never replaced by anything else.
-	verified map[string]bool
+	ctx     context.Context
+	root    *os.Root
+	opts    UnpackOptions
+	src     SourceInfo
+	target  string
+	sawTop  bool
+	res     Result
+	dirMeta []dirMeta
+	// dirs holds open directories by name inside the root ("." is the root):
+	// each was a real directory (not a symlink) when opened, and the handle
+	// keeps meaning that directory whatever happens to its name.
+	dirs map[string]*os.Root
 }
 
 type dirMeta struct {
@@ -230,16 +235,17 @@ func (u *unpacker) entry(hdr *tar.Header, r io.Reader) error {
 	default:
 		return fmt.Errorf("%w: entry %q: unsupported type %q", ErrUnsafeEntry, hdr.Name, hdr.Typeflag)
 	}
-	if err := u.ensureParents(hdr.Name, name); err != nil {
+	d, err := u.openDir(hdr.Name, path.Dir(name), true)
+	if err != nil {
 		return err
 	}
-	existing, err := u.root.Lstat(name)
+	base := path.Base(name)
+	existing, err := d.Lstat(base)
 	if err != nil && !errors.Is(err, fs.ErrNotExist) {
 		return err
 	}
 	// docker cp's NoOverwriteDirNonDir: never swap a directory for a
-	// non-directory or the reverse. Besides matching docker, this is what
-	// keeps u.verified sound.
+	// non-directory or the reverse.
 	if existing != nil && existing.IsDir() != (hdr.Typeflag == tar.TypeDir) {
 		if existing.IsDir() {
 			return fmt.Errorf("cannot overwrite directory %q with non-directory %q", name, hdr.Name)
@@ -254,11 +260,11 @@ func (u *unpacker) entry(hdr *tar.Header, r io.Reader) error {
 	}
 	switch hdr.Typeflag {
 	case tar.TypeDir:
-		err = u.dir(name, existing != nil, hdr, mode)
+		err = u.dir(d, name, existing != nil, hdr, mode)
 	case tar.TypeReg:
-		err = u.file(name, hdr, mode, r)
+		err = u.file(d, base, hdr, mode, r)
 	case tar.TypeSymlink:
-		err = u.symlink(name, hdr)
+		err = u.symlink(d, base, hdr)
 	}
 	if err != nil {
 		return err
@@ -267,73 +273,109 @@ func (u *unpacker) entry(hdr *tar.Header, r io.Reader) error {
 	return nil
 }
 
-// ensureParents makes sure every directory above name exists as a real
-// directory. os.Root already stops symlinks from leading out of the root,
-// but it follows those that stay inside, and the root is the directory
-// holding the target: a link such as "dir/up -> .." would let a sender
-// write siblings of the target. So no symlink is ever traversed, whether
-// the stream created it or it was already there.
-func (u *unpacker) ensureParents(entry, name string) error {
-	dir := path.Dir(name)
-	if dir == "." || u.verified[dir] {
-		return nil
+// openDir returns the directory name (inside the root) as an open handle, creating
+// it when create is set and it is missing. os.Root already stops symlinks from
+// leading out of the root, but it follows those that stay inside, and the root is
+// the directory holding the target: a link such as "dir/up -> .." would let a
+// sender write siblings of the target. So no symlink is ever traversed, whether the
+// stream created it, it was already there, or it was swapped in since we looked.
+//
+// Only the handles on the way to name stay open (a stream from Pack visits each
+// directory's subtree at once, and depth bounds the descriptors held); a directory
+// visited again is looked at and checked again.
+func (u *unpacker) openDir(entry, name string, create bool) (*os.Root, error) {
+	d, err := u.openPath(entry, name, create)
+	if err != nil {
+		return nil, err
 	}
-	for i := 0; i <= len(dir); i++ {
-		if i < len(dir) && dir[i] != '/' {
-			continue
+	for k, h := range u.dirs {
+		if k != "." && k != name && !strings.HasPrefix(name, k+"/") {
+			h.Close()
+			delete(u.dirs, k)
 		}
-		p := dir[:i]
-		if u.verified[p] {
-			continue
-		}
-		fi, err := u.root.Lstat(p)
-		switch {
-		case errors.Is(err, fs.ErrNotExist):
-			// A well-formed stream has an entry for every directory before
-			// its children; tolerate one that does not.
-			if err := u.root.Mkdir(p, 0o755); err != nil {
-				return err
-			}
-		case err != nil:
-			return err
-		case fi.Mode().Type() == fs.ModeSymlink:
-			return fmt.Errorf("%w: entry %q would be written through symlink %q", ErrUnsafeEntry, entry, p)
-		case !fi.IsDir():
-			return fmt.Errorf("entry %q: %q is not a directory", entry, p)
-		}
-		u.verified[p] = true
 	}
-	return nil
+	return d, nil
 }
 
-func (u *unpacker) dir(name string, exists bool, hdr *tar.Header, mode fs.FileMode) error {
+func (u *unpacker) openPath(entry, name string, create bool) (*os.Root, error) {
+	if d, ok := u.dirs[name]; ok {
+		return d, nil
+	}
+	parent, err := u.openPath(entry, path.Dir(name), create)
+	if err != nil {
+		return nil, err
+	}
+	base := path.Base(name)
+	fi, err := parent.Lstat(base)
+	if errors.Is(err, fs.ErrNotExist) && create {
+		// A well-formed stream has an entry for every directory before its
+		// children; tolerate one that does not.
+		if err := parent.Mkdir(base, 0o755); err != nil {
+			return nil, err
+		}
+		fi, err = parent.Lstat(base)
+	}
+	switch {
+	case err != nil:
+		return nil, err
+	case fi.Mode().Type() == fs.ModeSymlink:
+		return nil, fmt.Errorf("%w: entry %q would be written through symlink %q", ErrUnsafeEntry, entry, name)
+	case !fi.IsDir():
+		return nil, fmt.Errorf("entry %q: %q is not a directory", entry, name)
+	}
+	d, err := parent.OpenRoot(base)
+	if err != nil {
+		return nil, err
+	}
+	// OpenRoot follows a symlink swapped in since the Lstat: only the directory
+	// looked at will do.
+	if st, err := d.Stat("."); err != nil || !os.SameFile(st, fi) {
+		d.Close()
+		return nil, fmt.Errorf("%w: entry %q: directory %q was replaced while being written", ErrUnsafeEntry, entry, name)
+	}
+	u.dirs[name] = d
+	return d, nil
+}
+
+func (u *unpacker) closeDirs() {
+	for name, d := range u.dirs {
+		if name != "." {
+			d.Close()
+		}
+	}
+}
+
+func (u *unpacker) dir(parent *os.Root, name string, exists bool, hdr *tar.Header, mode fs.FileMode) error {
 	if !exists {
 		// Owner-only until finishDirs applies the real mode: nobody else
 		// gets to see or use a half-filled directory.
-		if err := u.root.Mkdir(name, 0o700); err != nil {
+		if err := parent.Mkdir(path.Base(name), 0o700); err != nil {
 			return err
 		}
 	}
-	u.verified[name] = true
+	d, err := u.openDir(hdr.Name, name, false)
+	if err != nil {
+		return err
+	}
 	if u.opts.Chown {
-		if err := u.root.Lchown(name, hdr.Uid, hdr.Gid); err != nil {
+		if err := d.Lchown(".", hdr.Uid, hdr.Gid); err != nil {
 			return err
 		}
 	}
-	u.dirs = append(u.dirs, dirMeta{name: name, mode: mode, atime: hdr.AccessTime, mtime: hdr.ModTime})
+	u.dirMeta = append(u.dirMeta, dirMeta{name: name, mode: mode, atime: hdr.AccessTime, mtime: hdr.ModTime})
 	return nil
 }
 
-func (u *unpacker) file(name string, hdr *tar.Header, mode fs.FileMode, r io.Reader) (err error) {
-	tmp := tempName(name)
-	f, err := u.root.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+func (u *unpacker) file(d *os.Root, base string, hdr *tar.Header, mode fs.FileMode, r io.Reader) (err error) {
+	tmp := tempName()
+	f, err := d.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
 	if err != nil {
 		return err
 	}
 	defer func() {
 		if err != nil {
 			f.Close()
-			u.root.Remove(tmp)
+			d.Remove(tmp)
 		}
 	}()
 	n, err := copyFull(f, ctxReader{u.ctx, r}, hdr.Size)
@@ -354,45 +396,52 @@ func (u *unpacker) file(name string, hdr *tar.Header, mode fs.FileMode, r io.Rea
 	if err := f.Close(); err != nil {
 		return err
 	}
-	if err := u.root.Chtimes(tmp, hdr.AccessTime, hdr.ModTime); err != nil {
+	if err := d.Chtimes(tmp, hdr.AccessTime, hdr.ModTime); err != nil {
 		return err
 	}
-	return u.root.Rename(tmp, name)
+	return d.Rename(tmp, base)
 }
 
-func (u *unpacker) symlink(name string, hdr *tar.Header) (err error) {
+func (u *unpacker) symlink(d *os.Root, base string, hdr *tar.Header) (err error) {
 	// Created under a temporary name and renamed so that it atomically
 	// replaces an existing file or link, like a regular file does.
-	tmp := tempName(name)
-	if err := u.root.Symlink(hdr.Linkname, tmp); err != nil {
+	tmp := tempName()
+	if err := d.Symlink(hdr.Linkname, tmp); err != nil {
 		return err
 	}
 	defer func() {
 		if err != nil {
-			u.root.Remove(tmp)
+			d.Remove(tmp)
 		}
 	}()
 	if u.opts.Chown {
-		if err := u.root.Lchown(tmp, hdr.Uid, hdr.Gid); err != nil {
+		if err := d.Lchown(tmp, hdr.Uid, hdr.Gid); err != nil {
 			return err
 		}
 	}
-	return u.root.Rename(tmp, name)
+	return d.Rename(tmp, base)
 }
 
+// finishDirs applies directory modes and times, through the directories' own
+// handles.
 func (u *unpacker) finishDirs() error {
 	var errs []error
-	for i := len(u.dirs) - 1; i >= 0; i-- {
-		d := u.dirs[i]
-		errs = append(errs, u.root.Chmod(d.name, d.mode), u.root.Chtimes(d.name, d.atime, d.mtime))
+	for i := len(u.dirMeta) - 1; i >= 0; i-- {
+		m := u.dirMeta[i]
+		d, err := u.openDir(m.name, m.name, false)
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		errs = append(errs, d.Chmod(".", m.mode), d.Chtimes(".", m.atime, m.mtime))
 	}
 	return errors.Join(errs...)
 }
 
-// tempName returns a fresh name in name's directory. It does not derive
-// from name, so it never exceeds the file name length limit.
-func tempName(name string) string {
-	return path.Join(path.Dir(name), ".mvmcp-"+rand.Text()[:16])
+// tempName returns a fresh name for a file in the making. It does not derive
+// from the final name, so it never exceeds the file name length limit.
+func tempName() string {
+	return ".mvmcp-" + rand.Text()[:16]
 }
 
 // copyFull copies r to w in chunks of up to 256 KiB, filling each chunk before writing
