@@ -117,7 +117,7 @@ func (cl *Client) CopyOut(ctx context.Context, guestPath, hostDest string) (arch
 		return res, cl.agentErr(ctx, doneCh, guestPath, err)
 	}
 	// The digest covers the whole stream, so what Unpack left (the end blocks) is read
-	// too: in frames up to the end of the pipe; on the bc channel, which has no end,
+	// too: in frames up to the end of the pipe; on the bulk channel, which has no end,
 	// up to the length Done gives.
 	if resp.BulkID == "" || bc == nil {
 		if _, err := io.Copy(io.Discard, hr); err != nil {
