@@ -48,7 +48,7 @@ func Serve(ctx context.Context, port io.ReadWriter, version string, log *slog.Lo
 			continue
 		}
 		if kind == syncKind {
-			if len(acked) >= 64 {
+			if len(acked) >= maxAcked {
 				clear(acked) // a host that syncs this often without going is gone
 			}
 			acked[nonce] = true
@@ -93,6 +93,9 @@ func Serve(ctx context.Context, port io.ReadWriter, version string, log *slog.Lo
 		}
 	}
 }
+
+// maxAcked bounds the acks the agent remembers between sessions (see Dial's resyncs).
+const maxAcked = 1024
 
 // patientReader turns the port's "no host connected" EOFs into waiting, except while a
 // session runs, where EOF means the host went away and ends the session.

@@ -32,6 +32,12 @@ type DialOptions struct {
 	Resync time.Duration
 }
 
+// Resync pacing for Dial: fastResyncs at opt.Resync, then one every slowResync.
+const (
+	fastResyncs = 32
+	slowResync  = time.Second
+)
+
 // Dial syncs with the agent on a connected port and starts a session. It waits (as
 // long as ctx allows) for the agent to answer, which under emulation can take the
 // whole boot. The caller owns the port: it stays open when the session ends, so the
@@ -62,9 +68,16 @@ func Dial(ctx context.Context, port net.Conn, opt DialOptions) (*Session, error)
 		resync.Add(1)
 		go func() {
 			defer resync.Done()
+			// The agent remembers its last maxAcked acks and the go must name one of
+			// them (the first ack read is for the oldest sync the agent saw): after a
+			// burst of fast resyncs, slow down so a stalled guest never has more syncs
+			// queued than it remembers, yet a swallowed sync is still followed by another.
 			t := time.NewTicker(opt.Resync)
 			defer t.Stop()
-			for {
+			for sent := 1; ; sent++ {
+				if sent == fastResyncs && opt.Resync < slowResync {
+					t.Reset(slowResync)
+				}
 				select {
 				case <-t.C:
 					if sendSync() != nil {

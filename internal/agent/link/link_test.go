@@ -3,6 +3,7 @@ package link
 import (
 	"bufio"
 	"context"
+	"fmt"
 	"io"
 	"net"
 	"os"
@@ -197,8 +198,16 @@ func (p *stallingPort) Read(b []byte) (int, error) {
 // took them for a bad frame and ended it without a word to the host, which then
 // thought a dead session alive: every exec, cp and forward hung).
 func TestRelinkSlowGuest(t *testing.T) {
-	for _, stall := range []time.Duration{0, 650 * time.Millisecond, 1500 * time.Millisecond} {
-		t.Run(stall.String(), func(t *testing.T) {
+	for _, tc := range []struct{ stall, resync time.Duration }{
+		{0, 300 * time.Millisecond},
+		{650 * time.Millisecond, 300 * time.Millisecond},
+		{1500 * time.Millisecond, 300 * time.Millisecond},
+		// As after a restore: fast resyncs, and a guest slower than many of them
+		// (more syncs than the agent remembers acks for, unless the host stops).
+		{1500 * time.Millisecond, 10 * time.Millisecond},
+	} {
+		stall := tc.stall
+		t.Run(fmt.Sprintf("stall %v resync %v", tc.stall, tc.resync), func(t *testing.T) {
 			guest, host := socketPair(t)
 			ctx, cancel := context.WithCancel(context.Background())
 			defer cancel()
@@ -213,7 +222,7 @@ func TestRelinkSlowGuest(t *testing.T) {
 			echo(t, ctx, s1)
 			s1.Close() // our side only: the agent's session lives on
 			sp.stall.Store(int64(stall))
-			s2, err := Dial(dctx, host, DialOptions{Resync: 300 * time.Millisecond}) // as the supervisor re-links
+			s2, err := Dial(dctx, host, DialOptions{Resync: tc.resync}) // as the supervisor re-links
 			if err != nil {
 				t.Fatal(err)
 			}
