@@ -8,6 +8,7 @@ import (
 
 	"github.com/mvm-dev/mvm/internal/bench"
 	"github.com/mvm-dev/mvm/internal/ui"
+	"github.com/mvm-dev/mvm/internal/vm"
 )
 
 func newBenchCmd(a *app) *cobra.Command {
@@ -51,7 +52,7 @@ func newBenchCmd(a *app) *cobra.Command {
 	boot.Flags().IntVar(&runs, "runs", 5, "timed runs of each (after one warm-up)")
 	boot.Flags().BoolVar(&network, "network", false, "also time `up -d` with the default network (bridge + TAP)")
 	boot.Flags().BoolVar(&asJSON, "json", false, "print the report as JSON")
-	c.AddCommand(boot, newBenchAgentCmd(a), newBenchNetworkCmd(a))
+	c.AddCommand(boot, newBenchAgentCmd(a), newBenchNetworkCmd(a), newBenchSnapshotCmd(a))
 	return c
 }
 
@@ -133,6 +134,54 @@ func newBenchNetworkCmd(a *app) *cobra.Command {
 		},
 	}
 	c.Flags().IntVar(&n, "vms", 50, "VMs' worth of setup to time")
+	c.Flags().BoolVar(&asJSON, "json", false, "print the report as JSON")
+	return c
+}
+
+func newBenchSnapshotCmd(a *app) *cobra.Command {
+	var runs, parallel int
+	var network string
+	var asJSON bool
+	c := &cobra.Command{
+		Use:   "snapshot",
+		Short: "Compare starting VMs from a snapshot with cold boots (restore/cold ratio, snapshot time and size, parallel restores)",
+		Long: `snapshot runs, through mvmctl as a user would: cold boots (up -d) to agent ready,
+snapshots of a running VM (time, size), restores (up -d --snapshot) to agent ready with
+the clone's own identity taken, and --parallel restores started at once.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			root, err := a.layout()
+			if err != nil {
+				return err
+			}
+			self, err := os.Executable()
+			if err != nil {
+				return err
+			}
+			p := ui.NewProgress(os.Stderr, asJSON)
+			rep, err := bench.Snapshot(cmd.Context(), bench.SnapshotOptions{Root: root, Mvmctl: self, Runs: runs, Parallel: parallel,
+				Network: network, Progress: p.Step})
+			if err != nil {
+				return err
+			}
+			if asJSON {
+				return ui.JSON(a.stdout, rep)
+			}
+			t := ui.NewTable(a.stdout, "WHAT", "MEDIAN", "MIN", "MAX")
+			for _, s := range []bench.Series{rep.ColdBoot, rep.Create, rep.Restore} {
+				t.Row(s.Name, fmt.Sprintf("%.0f ms", s.Median), fmt.Sprintf("%.0f ms", s.Min), fmt.Sprintf("%.0f ms", s.Max))
+			}
+			if err := t.Flush(); err != nil {
+				return err
+			}
+			fmt.Fprintf(a.stdout, "snapshot size %s; restore/cold ratio %.3f (target <= 0.15); %d restores at once: %.0f ms, %.1f VMs/s (network %s, accel %s, %d runs)\n",
+				vm.FormatBytes(rep.SnapshotBytes), rep.Ratio, rep.Parallel, rep.ParallelMs, rep.ParallelRate, rep.Network, rep.Accel, rep.Runs)
+			return nil
+		},
+	}
+	c.Flags().IntVar(&runs, "runs", 5, "timed runs of each (after one warm-up)")
+	c.Flags().IntVar(&parallel, "parallel", 10, "restores started at once")
+	c.Flags().StringVar(&network, "network", "none", "network of the VMs: none, default or a named one")
 	c.Flags().BoolVar(&asJSON, "json", false, "print the report as JSON")
 	return c
 }

@@ -34,6 +34,11 @@ type vmView struct {
 	ExitReason  string        `json:"exit_reason"`
 	Ports       []vm.PortSpec `json:"ports"`
 	Egress      string        `json:"egress"`
+	// DiskBytes is what the VM's disks (and, sleeping, its saved state) take on the host.
+	DiskBytes    int64      `json:"disk_bytes"`
+	FromSnapshot string     `json:"from_snapshot"`
+	Template     string     `json:"template"`
+	SleptAt      *time.Time `json:"slept_at"`
 }
 
 func timePtr(t time.Time) *time.Time {
@@ -43,7 +48,7 @@ func timePtr(t time.Time) *time.Time {
 	return &t
 }
 
-func viewOf(r vm.Record) vmView {
+func viewOf(r vm.Record, disk int64) vmView {
 	ip := ""
 	if r.IP != "" {
 		ip, _, _ = strings.Cut(r.IP, "/")
@@ -57,6 +62,7 @@ func viewOf(r vm.Record) vmView {
 		IP: ip, MAC: r.MAC, Image: r.Spec.Image, ImageDigest: r.ImageRef, Kernel: r.Kernel,
 		CreatedAt: r.CreatedAt, StartedAt: timePtr(r.StartedAt), ReadyAt: timePtr(r.ReadyAt), ExitedAt: timePtr(r.ExitedAt),
 		ExitReason: r.ExitReason, Ports: r.Spec.Ports, Egress: r.Spec.Egress.String(),
+		DiskBytes: disk, FromSnapshot: r.FromSnapshot, Template: r.Template, SleptAt: timePtr(r.SleptAt),
 	}
 }
 
@@ -79,7 +85,7 @@ func newLsCmd(a *app) *cobra.Command {
 			if asJSON {
 				views := make([]vmView, 0, len(recs))
 				for _, r := range recs {
-					views = append(views, viewOf(r))
+					views = append(views, viewOf(r, rt.DiskUsage(r)))
 				}
 				return ui.JSON(a.stdout, views)
 			}
@@ -89,24 +95,25 @@ func newLsCmd(a *app) *cobra.Command {
 				}
 				return nil
 			}
-			t := ui.NewTable(a.stdout, "NAME", "STATE", "BACKEND", "ACCEL", "CPUS", "MEMORY", "IP", "UPTIME", "IMAGE", "NETWORK", "PORTS")
+			t := ui.NewTable(a.stdout, "NAME", "STATE", "BACKEND", "ACCEL", "CPUS", "MEMORY", "IP", "UPTIME", "IMAGE", "NETWORK", "PORTS", "DISK")
 			for _, r := range recs {
-				v := viewOf(r)
+				v := viewOf(r, rt.DiskUsage(r))
 				uptime, ip := "-", "-"
-				if r.State.Active() {
-					if !r.StartedAt.IsZero() {
-						uptime = ui.Duration(time.Since(r.StartedAt))
-					}
-					if v.IP != "" {
-						ip = v.IP
-					}
+				if r.State.HasProcess() && !r.StartedAt.IsZero() {
+					uptime = ui.Duration(time.Since(r.StartedAt))
+				}
+				if r.State.Active() && v.IP != "" {
+					ip = v.IP // a sleeping VM keeps its address
 				}
 				var ports []string
 				for _, p := range r.Spec.Ports {
 					ports = append(ports, p.String())
 				}
+				if r.State == vm.StateSleeping && !r.SleptAt.IsZero() {
+					uptime = "slept " + ui.Duration(time.Since(r.SleptAt)) + " ago"
+				}
 				t.Row(v.Name, v.State, v.Backend, orDash(v.Accel), fmt.Sprint(v.CPUs), vm.FormatMiB(v.MemoryMiB), ip, uptime, v.Image,
-					v.Network, orDash(strings.Join(ports, ",")))
+					v.Network, orDash(strings.Join(ports, ",")), vm.FormatBytes(v.DiskBytes))
 			}
 			return t.Flush()
 		},

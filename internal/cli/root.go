@@ -139,6 +139,7 @@ Start with:
 		newBootstrapCmd(a), newUpCmd(a), newExecCmd(a), newLsCmd(a), newLogsCmd(a), newConsoleCmd(a),
 		newDownCmd(a), newCpCmd(a), newForwardCmd(a), newInspectCmd(a), newImageCmd(a), newDoctorCmd(a), newVersionCmd(a),
 		newBenchCmd(a), newNetworkCmd(a), newSuperviseCmd(a),
+		newPauseCmd(a), newResumeCmd(a), newSleepCmd(a), newWakeCmd(a), newSnapshotCmd(a), newTemplateCmd(a),
 	)
 	return root
 }

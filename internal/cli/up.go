@@ -27,6 +27,8 @@ func newUpCmd(a *app) *cobra.Command {
 		bootTimeout time.Duration
 		publish     []string
 		egress      string
+		snapshot    string
+		template    string
 	)
 	c := &cobra.Command{
 		Use:   "up [flags]",
@@ -34,7 +36,9 @@ func newUpCmd(a *app) *cobra.Command {
 		Example: `  mvmctl up -d --name web
   mvmctl up -d --cpus 2 --memory 1G --data-disk 512M
   mvmctl up -d -p 8080:80 --name web   # guest port 80 on 127.0.0.1:8080
-  mvmctl up --name t1          # console on the terminal; Ctrl-C stops the VM`,
+  mvmctl up --name t1          # console on the terminal; Ctrl-C stops the VM
+  mvmctl up -d --snapshot web-ready --name web2   # a new VM from a snapshot
+  mvmctl up -d --template api --name a1            # from a template's snapshot`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) (err error) {
 			if spec.Ports, err = vm.ParsePorts(publish); err != nil {
@@ -51,15 +55,31 @@ func newUpCmd(a *app) *cobra.Command {
 					return err
 				}
 			}
+			if snapshot != "" || template != "" {
+				// The snapshot or template decides what was not given explicitly.
+				fl := cmd.Flags()
+				if !fl.Changed("image") {
+					spec.Image = ""
+				}
+				if !fl.Changed("cpus") {
+					spec.CPUs = 0
+				}
+				if !fl.Changed("memory") {
+					spec.MemoryMiB = 0
+				}
+				if !fl.Changed("network") {
+					spec.Network = ""
+				}
+			}
 			rt, err := a.bareRuntime()
 			if err != nil {
 				return err
 			}
-			// Bad input fails before anything is read or written.
-			if err := rt.Validate(spec); err != nil {
+			opts := runtime.UpOptions{Spec: spec, Foreground: !detach, BootTimeout: bootTimeout, Snapshot: snapshot, Template: template}
+			// Bad input fails before anything is written.
+			if err := rt.Prepare(cmd.Context(), &opts); err != nil {
 				return err
 			}
-			opts := runtime.UpOptions{Spec: spec, Foreground: !detach, BootTimeout: bootTimeout}
 			var console io.ReadWriteCloser
 			if !detach {
 				opts.OnStarted = func(rec vm.Record, notice string) {
@@ -90,8 +110,12 @@ func newUpCmd(a *app) *cobra.Command {
 				if ip == "" {
 					ip = "none"
 				}
-				fmt.Fprintf(a.stdout, "%s is running: ip %s, backend %s, accel %s, ready in %.2fs\n",
-					r.Spec.Name, hostIP(ip), r.Backend, r.Accel, st.Ready.Seconds())
+				from := ""
+				if r.FromSnapshot != "" {
+					from = ", restored from " + r.FromSnapshot
+				}
+				fmt.Fprintf(a.stdout, "%s is running: ip %s, backend %s, accel %s, ready in %.2fs%s\n",
+					r.Spec.Name, hostIP(ip), r.Backend, r.Accel, st.Ready.Seconds(), from)
 				return nil
 			}
 			return a.foreground(rt, st, console)
@@ -109,6 +133,8 @@ func newUpCmd(a *app) *cobra.Command {
 	f.StringVar(&spec.Hypervisor, "hypervisor", vm.HypervisorAuto, "hypervisor: auto, qemu or firecracker")
 	f.BoolVarP(&detach, "detach", "d", false, "run in the background and return once the guest agent answers")
 	f.DurationVar(&bootTimeout, "boot-timeout", 2*time.Minute, "give up if the guest agent has not answered by then")
+	f.StringVar(&snapshot, "snapshot", "", "start from this snapshot (see `mvmctl snapshot ls`) instead of booting")
+	f.StringVar(&template, "template", "", "start from this template's snapshot (cold boot with its settings if it has none)")
 	f.StringArrayVarP(&publish, "publish", "p", nil, "publish a guest TCP port for the VM's life: [HOST_IP:]HOST_PORT:GUEST_PORT[/tcp];\n"+
 		"listens on 127.0.0.1 unless HOST_IP is given (not on every interface, unlike docker)")
 	return c

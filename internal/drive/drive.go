@@ -67,6 +67,7 @@ type ConfigData struct {
 	Hostname   string `json:"hostname"`
 	IP         string `json:"ip,omitempty"`
 	Gateway    string `json:"gateway,omitempty"`
+	MAC        string `json:"mac,omitempty"`
 	ResolvConf string `json:"-"` // optional resolv.conf contents
 }
 

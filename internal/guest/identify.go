@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"sync"
 	"time"
 	"unsafe"
 
@@ -78,14 +79,25 @@ func (a *agentGuest) Identify(req proto.Identify) ([]byte, map[string]float64, e
 		return nil, steps, err
 	}
 	mark("reseed")
-	for _, label := range []string{LabelConfig, LabelSecrets} {
+	// Both at once: each waits on its device's reads, which the host serves
+	// meanwhile.
+	labels := []string{LabelConfig, LabelSecrets}
+	errs := make([]error, len(labels))
+	var wg sync.WaitGroup
+	for i, label := range labels {
 		dev, ok := a.drives[label]
 		if !ok {
 			return nil, steps, fmt.Errorf("drive %s was not mounted at boot", label)
 		}
-		if err := remountDrive(label, dev); err != nil {
-			return nil, steps, err
-		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			errs[i] = remountDrive(label, dev)
+		}()
+	}
+	wg.Wait()
+	if err := errors.Join(errs...); err != nil {
+		return nil, steps, err
 	}
 	mark("drives")
 	raw, err := os.ReadFile("/mnt/config/vm.json")

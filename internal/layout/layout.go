@@ -5,8 +5,10 @@ package layout
 import (
 	"encoding/json"
 	"fmt"
+	"io/fs"
 	"os"
 	"path/filepath"
+	"syscall"
 )
 
 // DefaultRoot is where mvm keeps state, images and runtime files unless told otherwise.
@@ -49,15 +51,38 @@ func (r Root) VMs() string { return filepath.Join(r.Dir, "vms") }
 // VM returns the layout of one VM's directory, keyed by its ID.
 func (r Root) VM(id string) VMDir { return VMDir{Dir: filepath.Join(r.VMs(), id)} }
 
+// Snapshots holds one directory per snapshot (user snapshots and templates').
+func (r Root) Snapshots() string { return filepath.Join(r.Dir, "snapshots") }
+
+// Snapshot returns the layout of one snapshot's directory, keyed by its ID.
+func (r Root) Snapshot(id string) SnapDir { return SnapDir{Dir: filepath.Join(r.Snapshots(), id)} }
+
+// SnapshotKey is the host key that seals snapshots (0600).
+func (r Root) SnapshotKey() string { return filepath.Join(r.Dir, "snapshot.key") }
+
 // EnsureDirs creates the root's directories.
 func (r Root) EnsureDirs() error {
-	for _, d := range []string{r.Dir, r.Images(), r.Cache(), r.VMs()} {
+	for _, d := range []string{r.Dir, r.Images(), r.Cache(), r.VMs(), r.Snapshots()} {
 		if err := os.MkdirAll(d, 0o755); err != nil {
 			return fmt.Errorf("create %s: %w", d, err)
 		}
 	}
-	return os.Chmod(r.VMs(), 0o700) // tokens and consoles live below
+	// Tokens, consoles and guest memory live below.
+	if err := os.Chmod(r.Snapshots(), 0o700); err != nil {
+		return err
+	}
+	return os.Chmod(r.VMs(), 0o700)
 }
+
+// SnapDir is a saved VM: device and memory state, disks, token and sealed metadata.
+type SnapDir struct{ Dir string }
+
+// Path returns a file of the snapshot (names in package snapfile).
+func (s SnapDir) Path(name string) string { return filepath.Join(s.Dir, name) }
+
+// Lock is held shared by restores reading the snapshot and exclusively by whoever
+// removes or replaces it.
+func (s SnapDir) Lock() string { return filepath.Join(s.Dir, "lock") }
 
 // VMDir is a VM's private directory.
 type VMDir struct{ Dir string }
@@ -97,6 +122,9 @@ func (v VMDir) AgentSocket() string { return v.path("agent.sock") }
 // ConsoleSocket attaches to the serial console.
 func (v VMDir) ConsoleSocket() string { return v.path("console.sock") }
 
+// Sleep is where a sleeping VM's saved state is kept (its disks stay in place).
+func (v VMDir) Sleep() SnapDir { return SnapDir{Dir: v.path("sleep")} }
+
 // ControlSocket takes requests for the supervisor (stop).
 func (v VMDir) ControlSocket() string { return v.path("ctl.sock") }
 
@@ -108,7 +136,23 @@ func (v VMDir) RuntimeFiles() []string {
 // RemoveRuntimeFiles removes the runtime files and any staging directory a killed
 // mkfs left (they may hold a copy of the agent token).
 func (v VMDir) RemoveRuntimeFiles() {
+	v.removeRuntime(v.RuntimeFiles())
+}
+
+// RemoveRuntimeFilesKeepingDisks is RemoveRuntimeFiles for a VM that sleeps: its
+// rootfs stays with its saved state.
+func (v VMDir) RemoveRuntimeFilesKeepingDisks() {
+	var files []string
 	for _, f := range v.RuntimeFiles() {
+		if f != v.Rootfs() {
+			files = append(files, f)
+		}
+	}
+	v.removeRuntime(files)
+}
+
+func (v VMDir) removeRuntime(files []string) {
+	for _, f := range files {
 		_ = os.Remove(f)
 	}
 	for _, pattern := range []string{".secrets-*", ".config-*"} {
@@ -143,4 +187,22 @@ func ReadConfig(r Root) (Config, error) {
 		return c, fmt.Errorf("%s: %w", r.ConfigFile(), err)
 	}
 	return c, nil
+}
+
+// DiskUsage is the space the files under dir take on disk (allocated blocks, so
+// sparse disks count for what they hold).
+func DiskUsage(dir string) int64 {
+	var total int64
+	_ = filepath.WalkDir(dir, func(_ string, d fs.DirEntry, err error) error {
+		if err != nil || d.IsDir() {
+			return nil
+		}
+		if info, err := d.Info(); err == nil {
+			if st, ok := info.Sys().(*syscall.Stat_t); ok {
+				total += st.Blocks * 512
+			}
+		}
+		return nil
+	})
+	return total
 }

@@ -43,7 +43,7 @@ func Sync(tx *store.Tx, table string) error {
 		nat = nat || n.NAT
 	}
 	for _, r := range vms {
-		if !r.State.Active() || r.Spec.Network == vm.NetworkNone || r.TAP == "" {
+		if !r.State.HasProcess() || r.Spec.Network == vm.NetworkNone || r.TAP == "" {
 			continue
 		}
 		n, ok := byName[r.Spec.Network]

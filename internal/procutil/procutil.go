@@ -3,6 +3,7 @@
 package procutil
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"os"
@@ -94,6 +95,43 @@ func TryLock(path string) (*Lock, error) {
 		return nil, fmt.Errorf("lock %s: %w", path, err)
 	}
 	return &Lock{f: f}, nil
+}
+
+// LockShared takes a shared lock on an existing file, waiting up to timeout for an
+// exclusive holder to finish. Readers (restores of a snapshot) share it; whoever
+// removes the file's directory takes it exclusively first.
+func LockShared(ctx context.Context, path string, timeout time.Duration) (*Lock, error) {
+	f, err := os.OpenFile(path, os.O_RDONLY, 0)
+	if err != nil {
+		return nil, err
+	}
+	deadline := time.Now().Add(timeout)
+	for {
+		err := unix.Flock(int(f.Fd()), unix.LOCK_SH|unix.LOCK_NB)
+		if err == nil {
+			return &Lock{f: f}, nil
+		}
+		if !errors.Is(err, unix.EWOULDBLOCK) || time.Now().After(deadline) || ctx.Err() != nil {
+			f.Close()
+			if errors.Is(err, unix.EWOULDBLOCK) {
+				return nil, ErrLocked
+			}
+			return nil, fmt.Errorf("lock %s: %w", path, err)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// LockWait takes the exclusive lock, waiting up to timeout.
+func LockWait(ctx context.Context, path string, timeout time.Duration) (*Lock, error) {
+	deadline := time.Now().Add(timeout)
+	for {
+		l, err := TryLock(path)
+		if err == nil || !errors.Is(err, ErrLocked) || time.Now().After(deadline) || ctx.Err() != nil {
+			return l, err
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
 }
 
 // FromFile adopts an inherited, already locked descriptor.

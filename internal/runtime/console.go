@@ -13,7 +13,7 @@ func (r *Runtime) AttachConsole(ctx context.Context, name string) (net.Conn, err
 	if err != nil {
 		return nil, err
 	}
-	if !rec.State.Active() {
+	if !rec.State.HasProcess() {
 		return nil, fmt.Errorf("%w: %s is %s; its console log is in `mvmctl logs %s`", ErrNotRunning, name, rec.State, name)
 	}
 	var d net.Dialer

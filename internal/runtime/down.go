@@ -11,6 +11,7 @@ import (
 	"github.com/mvm-dev/mvm/internal/procutil"
 	"github.com/mvm-dev/mvm/internal/store"
 	"github.com/mvm-dev/mvm/internal/supervisor"
+	"github.com/mvm-dev/mvm/internal/vm"
 )
 
 // Stop stops a running VM (agent poweroff, then a hard stop after timeout) and waits
@@ -20,7 +21,7 @@ func (r *Runtime) Stop(ctx context.Context, name string, timeout time.Duration) 
 	if err != nil {
 		return err
 	}
-	if !rec.State.Active() {
+	if !rec.State.HasProcess() {
 		return nil
 	}
 	dir := r.Root.VM(rec.ID)
@@ -65,16 +66,30 @@ func (r *Runtime) Down(ctx context.Context, name string, timeout time.Duration) 
 	if err != nil {
 		return err
 	}
-	if rec.State.Active() {
+	if rec.State.HasProcess() {
 		return fmt.Errorf("VM %s is still %s: try again", name, rec.State)
+	}
+	if rec.State == vm.StateSleeping {
+		// Nobody may wake it while it goes.
+		lock, err := procutil.TryLock(r.Root.VM(rec.ID).Lock())
+		if err != nil {
+			return fmt.Errorf("VM %s is being woken: try again", name)
+		}
+		defer lock.Unlock()
 	}
 	err = r.Store.Update(func(tx *store.Tx) error {
 		cur, err := tx.VM(name)
 		if err != nil {
 			return err
 		}
-		if cur.ID != rec.ID || cur.State.Active() {
+		if cur.ID != rec.ID || cur.State.HasProcess() {
 			return fmt.Errorf("VM %s changed while removing it: try again", name)
+		}
+		if cur.State == vm.StateSleeping {
+			// Its address goes with it, and its rules (none: it has no TAP).
+			if err := tx.MarkExited(name, cur.ID, "removed while sleeping", time.Now()); err != nil {
+				return err
+			}
 		}
 		return tx.DeleteVM(name)
 	})

@@ -2,12 +2,14 @@ package runtime
 
 import (
 	"os"
+	"strings"
 	"syscall"
 	"time"
 
 	"github.com/mvm-dev/mvm/internal/netsync"
 	"github.com/mvm-dev/mvm/internal/network"
 	"github.com/mvm-dev/mvm/internal/procutil"
+	"github.com/mvm-dev/mvm/internal/snapfile"
 	"github.com/mvm-dev/mvm/internal/store"
 	"github.com/mvm-dev/mvm/internal/vm"
 )
@@ -26,7 +28,7 @@ func (r *Runtime) Reconcile() error {
 	}
 	var dead []vm.Record
 	for _, rec := range recs {
-		if !procutil.Held(r.Root.VM(rec.ID).Lock()) {
+		if rec.State.HasProcess() && !procutil.Held(r.Root.VM(rec.ID).Lock()) {
 			dead = append(dead, rec)
 		}
 	}
@@ -56,13 +58,25 @@ func (r *Runtime) cleanupDead(rec vm.Record) {
 	if rec.TAP != "" {
 		_ = network.DeleteLink(rec.TAP)
 	}
-	r.Root.VM(rec.ID).RemoveRuntimeFiles()
+	// A VM that was waking and had not run yet still has its saved state: it sleeps on.
+	dir := r.Root.VM(rec.ID)
+	_, serr := os.Stat(dir.Sleep().Path(snapfile.MetaFile))
+	sleeping := serr == nil
+	if sleeping {
+		dir.RemoveRuntimeFilesKeepingDisks()
+	} else {
+		dir.RemoveRuntimeFiles()
+	}
 	reason := "supervisor died; cleaned up by mvmctl"
 	if rec.State == vm.StateCreating {
 		reason = "mvmctl died while creating the VM; cleaned up"
 	}
 	err = r.Store.Update(func(tx *store.Tx) error {
-		if err := tx.MarkExited(rec.Spec.Name, rec.ID, reason, time.Now()); err != nil {
+		if sleeping {
+			if err := tx.MarkSleeping(rec.Spec.Name, rec.ID, time.Now()); err != nil {
+				return err
+			}
+		} else if err := tx.MarkExited(rec.Spec.Name, rec.ID, reason, time.Now()); err != nil {
 			return err
 		}
 		return netsync.Sync(tx, r.table()) // the dead VM's rules go too
@@ -73,6 +87,9 @@ func (r *Runtime) cleanupDead(rec vm.Record) {
 	}
 	r.Log.Warn("cleaned up a VM whose supervisor was gone", "vm", rec.Spec.Name)
 }
+
+// orphanGrace is how old a half-made VM directory must be before it is swept.
+const orphanGrace = time.Minute
 
 // sweepOrphanDirs removes VM directories that no record points at and nobody owns:
 // what an `up` killed between making the directory and writing the record leaves.
@@ -98,6 +115,13 @@ func (r *Runtime) sweepOrphanDirs() error {
 	for _, e := range entries {
 		if !e.IsDir() || known[e.Name()] {
 			continue
+		}
+		if strings.HasPrefix(e.Name(), newVMDirPrefix) {
+			// Being made by an `up` (it is renamed once locked); one left this long
+			// belongs to an `up` that was killed.
+			if info, err := e.Info(); err != nil || time.Since(info.ModTime()) < orphanGrace {
+				continue
+			}
 		}
 		dir := r.Root.VM(e.Name())
 		lock, err := procutil.TryLock(dir.Lock())

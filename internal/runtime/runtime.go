@@ -73,6 +73,12 @@ func newID() string {
 
 // requireRunning checks a VM can take agent requests.
 func requireRunning(rec vm.Record) error {
+	switch rec.State {
+	case vm.StatePaused:
+		return fmt.Errorf("%w: %s is paused: `mvmctl resume %s` continues it", ErrNotRunning, rec.Spec.Name, rec.Spec.Name)
+	case vm.StateSleeping:
+		return fmt.Errorf("%w: %s is sleeping: `mvmctl wake %s` brings it back", ErrNotRunning, rec.Spec.Name, rec.Spec.Name)
+	}
 	if rec.State != vm.StateRunning {
 		return fmt.Errorf("%w: %s is %s (start a new one with `mvmctl up`, see `mvmctl ls -a`)", ErrNotRunning, rec.Spec.Name, rec.State)
 	}

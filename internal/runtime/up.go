@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/mvm-dev/mvm/internal/forward"
+	"github.com/mvm-dev/mvm/internal/layout"
 	"github.com/mvm-dev/mvm/internal/network"
 	"github.com/mvm-dev/mvm/internal/procutil"
 	"github.com/mvm-dev/mvm/internal/store"
@@ -31,6 +32,12 @@ type UpOptions struct {
 	// OnStarted is called once the hypervisor runs (before the guest is ready), with
 	// the accelerator notice if any.
 	OnStarted func(rec vm.Record, notice string)
+	// Snapshot or Template start the VM from a snapshot (a template without one is
+	// cold-booted with its settings). Spec fields left zero are taken from it.
+	Snapshot, Template string
+
+	restore  *restoreSource // set by Prepare
+	prepared bool
 }
 
 // Started is a VM that answered.
@@ -87,16 +94,41 @@ func (r *Runtime) Validate(spec vm.Spec) error {
 	return nil
 }
 
+// Prepare completes and checks an up request without changing anything: a spec
+// from a snapshot or template is filled in from it, and whatever cannot work is
+// refused with the reason.
+func (r *Runtime) Prepare(ctx context.Context, o *UpOptions) error {
+	if o.prepared {
+		return nil
+	}
+	if o.Snapshot != "" || o.Template != "" {
+		src, err := r.resolveRestore(ctx, o)
+		if err != nil {
+			return err
+		}
+		o.restore = src
+	}
+	if err := r.Validate(o.Spec); err != nil {
+		return err
+	}
+	o.prepared = true
+	return nil
+}
+
 // Up creates a VM and starts its supervisor, returning once the guest agent answers.
 func (r *Runtime) Up(ctx context.Context, o UpOptions) (*Started, error) {
 	begin := time.Now()
-	if err := r.Validate(o.Spec); err != nil {
+	if err := r.Prepare(ctx, &o); err != nil {
 		return nil, err
 	}
 	if o.Spec.Hypervisor == vm.HypervisorAuto {
 		o.Spec.Hypervisor = vm.HypervisorQEMU
 	}
-	img, err := r.Images.Get(o.Spec.Image)
+	imgRef := o.Spec.Image
+	if o.restore != nil {
+		imgRef = o.restore.meta.ImageDigest // the very image the snapshot booted
+	}
+	img, err := r.Images.Get(imgRef)
 	if err != nil {
 		return nil, err
 	}
@@ -117,18 +149,17 @@ func (r *Runtime) Up(ctx context.Context, o UpOptions) (*Started, error) {
 	// Own the VM's directory before the record exists, so a concurrent reconcile
 	// never takes a half-made VM for a dead one.
 	id := newID()
-	dir := r.Root.VM(id)
-	if err := os.MkdirAll(dir.Dir, 0o700); err != nil {
-		return nil, err
-	}
-	lock, err := procutil.TryLock(dir.Lock())
+	dir, lock, err := r.makeVMDir(id)
 	if err != nil {
-		os.RemoveAll(dir.Dir)
 		return nil, err
 	}
 
 	rec := vm.Record{ID: id, Spec: o.Spec, State: vm.StateCreating, Backend: vm.HypervisorQEMU,
-		ImageRef: img.Digest, Kernel: img.KernelRelease, CreatedAt: time.Now().UTC(), Foreground: o.Foreground}
+		ImageRef: img.Digest, Kernel: img.KernelRelease, CreatedAt: time.Now().UTC(), Foreground: o.Foreground,
+		Template: o.Template}
+	if o.restore != nil {
+		rec.RestoreFrom, rec.FromSnapshot = o.restore.dir, o.restore.from
+	}
 	err = r.Store.Update(func(tx *store.Tx) error {
 		if rec.Spec.Name == "" {
 			rng := rand.New(rand.NewPCG(uint64(time.Now().UnixNano()), uint64(os.Getpid())))
@@ -179,6 +210,30 @@ func (r *Runtime) Up(ctx context.Context, o UpOptions) (*Started, error) {
 	}
 	st.Ready = time.Since(begin)
 	return st, nil
+}
+
+// newVMDirPrefix names a VM directory being made: it is locked under this name and
+// renamed, so a VM directory under its final name is always locked by its owner
+// (or its owner is gone), and a concurrent reconcile never sweeps a new one.
+const newVMDirPrefix = ".new-"
+
+func (r *Runtime) makeVMDir(id string) (layout.VMDir, *procutil.Lock, error) {
+	dir := r.Root.VM(id)
+	tmp := r.Root.VM(newVMDirPrefix + id)
+	if err := os.Mkdir(tmp.Dir, 0o700); err != nil {
+		return dir, nil, err
+	}
+	lock, err := procutil.TryLock(tmp.Lock())
+	if err == nil {
+		if err = os.Rename(tmp.Dir, dir.Dir); err != nil {
+			lock.Unlock()
+		}
+	}
+	if err != nil {
+		os.RemoveAll(tmp.Dir)
+		return dir, nil, err
+	}
+	return dir, lock, nil
 }
 
 func ensureDefaultNetwork(tx *store.Tx, bridge string, hostPrefixes []netip.Prefix, fixed netip.Prefix) (store.Network, error) {

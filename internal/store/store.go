@@ -69,7 +69,7 @@ func (s *Store) open(readOnly bool) (*bolt.DB, error) {
 	}
 	if !readOnly {
 		err = db.Update(func(tx *bolt.Tx) error {
-			for _, b := range [][]byte{bucketVMs, bucketNetworks, bucketIPs, bucketMeta} {
+			for _, b := range [][]byte{bucketVMs, bucketNetworks, bucketIPs, bucketMeta, bucketSnapshots, bucketTemplates} {
 				if _, err := tx.CreateBucketIfNotExists(b); err != nil {
 					return err
 				}
@@ -191,6 +191,21 @@ func (t *Tx) MarkExited(name, id, reason string, at time.Time) error {
 	r.State = vm.StateExited
 	r.ExitedAt = at.UTC()
 	r.ExitReason = reason
+	return t.PutVM(r)
+}
+
+// MarkSleeping records that the VM's hypervisor has ended with its state saved to
+// disk: it keeps its address, and has no process for reconcile to look after.
+func (t *Tx) MarkSleeping(name, id string, at time.Time) error {
+	r, err := t.VM(name)
+	if err != nil || r.ID != id || !r.State.Active() {
+		return nil
+	}
+	if r.SleptAt.IsZero() {
+		r.SleptAt = at.UTC()
+	}
+	r.State = vm.StateSleeping
+	r.SupervisorPID, r.SupervisorStart, r.HypervisorPID, r.HypervisorStart = 0, 0, 0, 0
 	return t.PutVM(r)
 }
 

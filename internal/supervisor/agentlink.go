@@ -28,9 +28,15 @@ func newAgentLink(port net.Conn, log *slog.Logger) *agentLink {
 	return &agentLink{port: port, log: log, changed: make(chan struct{})}
 }
 
-// dial establishes the first session (during boot: one sync, no resends).
-func (l *agentLink) dial(ctx context.Context) error {
-	s, err := link.Dial(ctx, l.port, link.DialOptions{})
+// dial establishes the first session. After a boot one sync suffices; a restored
+// guest still runs the snapshot's session, which the first sync breaks (and is
+// eaten by), so syncs are resent until one is answered.
+func (l *agentLink) dial(ctx context.Context, restored bool) error {
+	var o link.DialOptions
+	if restored {
+		o.Resync = 10 * time.Millisecond
+	}
+	s, err := link.Dial(ctx, l.port, o)
 	if err != nil {
 		return err
 	}

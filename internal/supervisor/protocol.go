@@ -8,6 +8,7 @@ import (
 	"bufio"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net"
 	"time"
@@ -32,23 +33,34 @@ type Status struct {
 
 // ControlRequest is a request on the control socket.
 type ControlRequest struct {
-	Op        string `json:"op"` // "stop", or "relink" (drop the agent link; for tests)
-	TimeoutMs int64  `json:"timeout_ms,omitempty"`
-	Immediate bool   `json:"immediate,omitempty"` // stop: no poweroff, stop the hypervisor now
+	// Op is "stop", "pause", "resume", "snapshot", or "relink" (drop the agent link;
+	// for tests).
+	Op        string           `json:"op"`
+	TimeoutMs int64            `json:"timeout_ms,omitempty"`
+	Immediate bool             `json:"immediate,omitempty"` // stop: no poweroff, stop the hypervisor now
+	Snapshot  *SnapshotRequest `json:"snapshot,omitempty"`
 }
 
 // ControlResponse answers it.
 type ControlResponse struct {
-	OK    bool   `json:"ok"`
-	Error string `json:"error,omitempty"`
+	OK       bool            `json:"ok"`
+	Error    string          `json:"error,omitempty"`
+	Snapshot *SnapshotResult `json:"snapshot,omitempty"`
 }
 
 // Request sends one control request and waits for the answer.
 func Request(ctx context.Context, ctlSocket string, req ControlRequest) error {
+	_, err := Call(ctx, ctlSocket, req)
+	return err
+}
+
+// Call sends one control request and returns the answer.
+func Call(ctx context.Context, ctlSocket string, req ControlRequest) (ControlResponse, error) {
+	var resp ControlResponse
 	var d net.Dialer
 	c, err := d.DialContext(ctx, "unix", ctlSocket)
 	if err != nil {
-		return fmt.Errorf("reach the VM's supervisor: %w", err)
+		return resp, fmt.Errorf("reach the VM's supervisor: %w", err)
 	}
 	defer c.Close()
 	if dl, ok := ctx.Deadline(); ok {
@@ -56,20 +68,19 @@ func Request(ctx context.Context, ctlSocket string, req ControlRequest) error {
 	}
 	raw, _ := json.Marshal(req)
 	if _, err := c.Write(append(raw, '\n')); err != nil {
-		return err
+		return resp, err
 	}
 	line, err := bufio.NewReader(c).ReadBytes('\n')
 	if err != nil {
-		return fmt.Errorf("supervisor did not answer: %w", err)
+		return resp, fmt.Errorf("supervisor did not answer: %w", err)
 	}
-	var resp ControlResponse
 	if err := json.Unmarshal(line, &resp); err != nil {
-		return err
+		return resp, err
 	}
 	if !resp.OK {
-		return fmt.Errorf("supervisor: %s", resp.Error)
+		return resp, errors.New(resp.Error)
 	}
-	return nil
+	return resp, nil
 }
 
 // RequestStop asks a VM's supervisor to stop the VM: poweroff through the agent, then

@@ -14,6 +14,7 @@ import (
 	"os"
 	"os/signal"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 
@@ -28,6 +29,7 @@ import (
 	"github.com/mvm-dev/mvm/internal/netsync"
 	"github.com/mvm-dev/mvm/internal/network"
 	"github.com/mvm-dev/mvm/internal/procutil"
+	"github.com/mvm-dev/mvm/internal/snapfile"
 	"github.com/mvm-dev/mvm/internal/store"
 	"github.com/mvm-dev/mvm/internal/vm"
 	"github.com/mvm-dev/mvm/internal/vmm"
@@ -68,6 +70,14 @@ type supervisor struct {
 	dns      *dnsfwd.Forwarder
 	stopCh   chan time.Duration
 	status   *json.Encoder
+
+	// opMu serialises what changes the VM's run state: pause, resume, snapshot, sleep.
+	opMu   sync.Mutex
+	paused bool
+	// asleep is set once the VM's state is saved for sleep: its end is not an exit.
+	asleep bool
+	// restore is the snapshot being restored from, until the VM runs.
+	restore *restoreSource
 }
 
 // Run supervises one VM from preparation to cleanup. It returns when the VM is gone.
@@ -156,6 +166,14 @@ func (s *supervisor) update(fn func(r *vm.Record) error) error {
 func (s *supervisor) start(ctx context.Context) error {
 	log := s.o.Log
 	pid := os.Getpid()
+	begin, last := time.Now(), time.Now()
+	// phase logs how long each step of the start took, for `supervisor.log` readers
+	// asking where a slow start went.
+	phase := func(name string) {
+		log.Debug("start phase", "phase", name, "ms", ms(time.Since(last)), "total_ms", ms(time.Since(begin)))
+		last = time.Now()
+	}
+	defer func() { log.Info("start phases done", "total_ms", ms(time.Since(begin))) }()
 	if err := s.update(func(r *vm.Record) error {
 		r.SupervisorPID, r.SupervisorStart = pid, procutil.StartTime(pid)
 		return nil
@@ -171,13 +189,22 @@ func (s *supervisor) start(ctx context.Context) error {
 	if s.ports, err = forward.Listen(s.rec.Spec.Ports); err != nil {
 		return err
 	}
+	if s.rec.RestoreFrom != "" {
+		if s.restore, err = s.openRestore(ctx); err != nil {
+			return err
+		}
+		defer s.restore.release()
+	}
+	phase("prepare")
 	if err := s.prepareDrives(ctx, img); err != nil {
 		return err
 	}
+	phase("drives")
 	if s.rec.Spec.Network != vm.NetworkNone {
 		if err := s.setupNetwork(ctx); err != nil {
 			return err
 		}
+		phase("network")
 	}
 	backend, err := qemu.New()
 	if err != nil {
@@ -196,9 +223,21 @@ func (s *supervisor) start(ctx context.Context) error {
 	if s.tap != nil {
 		cfg.TAP = s.tap.File
 	}
+	if s.restore != nil {
+		mem, closeMem, err := s.restore.memoryReader()
+		if err != nil {
+			return err
+		}
+		defer closeMem()
+		cfg.RestoreFrom = mem
+	}
 	if s.inst, err = backend.Start(ctx, cfg); err != nil {
 		return err
 	}
+	if v, ok := cfg.RestoreFrom.(*verifyingReader); ok {
+		log.Debug("saved state read and checked", "ms", ms(v.took))
+	}
+	phase("hypervisor started")
 	hpid := s.inst.PID()
 	if err := s.update(func(r *vm.Record) error {
 		r.HypervisorPID, r.HypervisorStart = hpid, s.inst.StartTime()
@@ -228,8 +267,15 @@ func (s *supervisor) start(ctx context.Context) error {
 
 	bootCtx, cancel := context.WithTimeout(ctx, s.o.BootTimeout)
 	defer cancel()
-	if err := s.connectAgent(bootCtx); err != nil {
+	if s.restore != nil {
+		if err := s.resumeRestored(bootCtx); err != nil {
+			return err
+		}
+		phase("restored guest ready")
+	} else if err := s.connectAgent(bootCtx, nil); err != nil {
 		return err
+	} else {
+		phase("guest ready")
 	}
 	ctlL, err := listenUnix(s.dir.ControlSocket())
 	if err != nil {
@@ -244,8 +290,30 @@ func (s *supervisor) start(ctx context.Context) error {
 	}
 	return s.update(func(r *vm.Record) error {
 		r.ReadyAt = time.Now().UTC()
+		r.RestoreFrom = ""
+		r.SleptAt = time.Time{}
 		return r.SetState(vm.StateRunning)
 	})
+}
+
+// resumeRestored runs a VM whose state was loaded from a snapshot. A woken VM's saved
+// state is dropped first: once the guest runs, its disks move on and the saved memory
+// no longer matches them.
+func (s *supervisor) resumeRestored(ctx context.Context) error {
+	if s.restore.inPlace {
+		if err := os.Remove(s.restore.dir.Path(snapfile.MetaFile)); err != nil {
+			return fmt.Errorf("retire the sleep state: %w", err)
+		}
+	}
+	s.restore.release()
+	if err := s.inst.Resume(ctx); err != nil {
+		return err
+	}
+	s.o.Log.Debug("resumed")
+	if s.restore.inPlace {
+		_ = os.RemoveAll(s.restore.dir.Dir)
+	}
+	return s.connectAgent(ctx, s.restore.oldToken)
 }
 
 // ContractArgs are the kernel arguments of the guest contract for a VM.
@@ -283,7 +351,7 @@ func (s *supervisor) prepareDrives(ctx context.Context, img image.Image) error {
 		return err
 	}
 	cfg := drive.ConfigData{Name: s.rec.Spec.Name, ID: s.rec.ID, Hostname: s.rec.Spec.Name,
-		IP: s.rec.IP, Gateway: s.rec.Gateway}
+		IP: s.rec.IP, Gateway: s.rec.Gateway, MAC: s.rec.MAC}
 	if s.rec.Gateway != "" {
 		// The gateway's DNS forwarder is the guest's only resolver: it reaches the
 		// network's upstreams (or the host's, even one on the host's loopback) for it.
@@ -291,6 +359,9 @@ func (s *supervisor) prepareDrives(ctx context.Context, img image.Image) error {
 	}
 	if err := drive.MakeConfig(ctx, s.dir.Config(), cfg); err != nil {
 		return err
+	}
+	if s.restore != nil {
+		return s.restoreDisks(ctx, s.restore)
 	}
 	_ = os.Remove(s.dir.Rootfs())
 	if err := drive.CopySparse(img.Path(image.FileRootfs), s.dir.Rootfs()); err != nil {
@@ -307,8 +378,9 @@ func (s *supervisor) prepareDrives(ctx context.Context, img image.Image) error {
 }
 
 // connectAgent syncs the agent link, opens the hybrid-vsock socket on it and waits for
-// an authenticated answer.
-func (s *supervisor) connectAgent(ctx context.Context) error {
+// an authenticated answer. restoredWith is the snapshot's token when the guest was
+// restored: it is identified as this VM first.
+func (s *supervisor) connectAgent(ctx context.Context, restoredWith []byte) error {
 	ch := s.inst.Agent()
 	exited := make(chan struct{})
 	go func() { s.inst.Wait(); close(exited) }()
@@ -322,15 +394,22 @@ func (s *supervisor) connectAgent(ctx context.Context) error {
 		}
 	}()
 	s.link = newAgentLink(ch.Serial, s.o.Log)
-	if err := s.link.dial(ctx); err != nil {
+	if err := s.link.dial(ctx, restoredWith != nil); err != nil {
 		return s.bootError(ctx, exited, err)
 	}
-	s.agent = client.New(s.link.open, s.token)
-	if _, err := s.agent.Ping(ctx); err != nil {
-		return s.bootError(ctx, exited, fmt.Errorf("agent ping: %w", err))
-	}
-	if err := s.agent.SetTime(ctx, time.Now()); err != nil {
-		s.o.Log.Warn("set guest clock", "err", err)
+	if restoredWith != nil {
+		s.o.Log.Debug("agent link up")
+		if err := s.identify(ctx, restoredWith); err != nil {
+			return s.bootError(ctx, exited, err)
+		}
+	} else {
+		s.agent = client.New(s.link.open, s.token)
+		if _, err := s.agent.Ping(ctx); err != nil {
+			return s.bootError(ctx, exited, fmt.Errorf("agent ping: %w", err))
+		}
+		if err := s.agent.SetTime(ctx, time.Now()); err != nil {
+			s.o.Log.Warn("set guest clock", "err", err)
+		}
 	}
 	s.stopLink = make(chan struct{})
 	go s.link.keep(s.stopLink)
@@ -391,33 +470,117 @@ func (s *supervisor) serveControl(l net.Listener) {
 				return
 			}
 			var req ControlRequest
-			resp := ControlResponse{OK: true}
-			if err := json.Unmarshal(line, &req); err != nil || (req.Op != "stop" && req.Op != "relink") {
+			var resp ControlResponse
+			if err := json.Unmarshal(line, &req); err != nil {
 				resp = ControlResponse{Error: "unknown request"}
-			} else if req.Op == "relink" {
-				s.link.reset()
 			} else {
-				t := time.Duration(req.TimeoutMs) * time.Millisecond
-				switch {
-				case req.Immediate:
-					t = 0
-				case t <= 0:
-					t = DefaultStopTimeout
-				}
-				select {
-				case s.stopCh <- t:
-				default: // a stop is already under way
-				}
+				_ = c.SetDeadline(time.Time{}) // a snapshot takes as long as it takes
+				resp = s.control(req)
 			}
 			raw, _ := json.Marshal(resp)
+			_ = c.SetWriteDeadline(time.Now().Add(10 * time.Second))
 			_, _ = c.Write(append(raw, '\n'))
 		}()
 	}
 }
 
+// control carries out one control request.
+func (s *supervisor) control(req ControlRequest) ControlResponse {
+	fail := func(err error) ControlResponse { return ControlResponse{Error: err.Error()} }
+	switch req.Op {
+	case "relink":
+		s.link.reset()
+	case "stop":
+		t := time.Duration(req.TimeoutMs) * time.Millisecond
+		switch {
+		case req.Immediate:
+			t = 0
+		case t <= 0:
+			t = DefaultStopTimeout
+		}
+		select {
+		case s.stopCh <- t:
+		default: // a stop is already under way
+		}
+	case "pause", "resume":
+		if err := s.setPaused(req.Op == "pause"); err != nil {
+			return fail(err)
+		}
+	case "snapshot":
+		if req.Snapshot == nil || req.Snapshot.Dir == "" {
+			return fail(errors.New("snapshot: no directory"))
+		}
+		res, err := s.snapshot(*req.Snapshot)
+		if err != nil {
+			return fail(err)
+		}
+		return ControlResponse{OK: true, Snapshot: &res}
+	default:
+		return fail(fmt.Errorf("unknown request %q", req.Op))
+	}
+	return ControlResponse{OK: true}
+}
+
+// setPaused stops or restarts the vCPUs and records it.
+func (s *supervisor) setPaused(pause bool) error {
+	s.opMu.Lock()
+	defer s.opMu.Unlock()
+	if s.asleep {
+		return errors.New("the VM is going to sleep")
+	}
+	if pause == s.paused {
+		if pause {
+			return fmt.Errorf("%s is already paused", s.rec.Spec.Name)
+		}
+		return fmt.Errorf("%s is not paused", s.rec.Spec.Name)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	to := vm.StateRunning
+	if pause {
+		to = vm.StatePaused
+		if err := s.inst.Pause(ctx); err != nil {
+			return err
+		}
+	} else if err := s.inst.Resume(ctx); err != nil {
+		return err
+	}
+	s.paused = pause
+	return s.update(func(r *vm.Record) error { return r.SetState(to) })
+}
+
+// snapshot saves the VM; for sleep it then ends the hypervisor, and the VM's end is
+// recorded as sleeping rather than exited (see teardown).
+func (s *supervisor) snapshot(req SnapshotRequest) (SnapshotResult, error) {
+	s.opMu.Lock()
+	defer s.opMu.Unlock()
+	if s.asleep {
+		return SnapshotResult{}, errors.New("the VM is going to sleep")
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
+	defer cancel()
+	res, err := s.saveSnapshot(ctx, req)
+	if err != nil || req.Kind != KindSleep {
+		return res, err
+	}
+	s.asleep = true
+	go func() { _ = s.inst.Kill(context.Background()) }()
+	return res, nil
+}
+
 // stop asks the guest to power off and stops the hypervisor if it has not gone
 // within timeout.
 func (s *supervisor) stop(timeout time.Duration, exited <-chan vmm.Exit) vmm.Exit {
+	s.opMu.Lock()
+	if s.paused && timeout > 0 {
+		// A paused guest cannot power off: let it run to do so.
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		if err := s.inst.Resume(ctx); err == nil {
+			s.paused = false
+		}
+		cancel()
+	}
+	s.opMu.Unlock()
 	_ = s.update(func(r *vm.Record) error { return r.SetState(vm.StateStopping) })
 	if timeout <= 0 {
 		_ = s.inst.Kill(context.Background())
@@ -464,13 +627,24 @@ func (s *supervisor) teardown(reason string) {
 	if s.tap != nil {
 		s.tap.Close()
 	}
-	s.dir.RemoveRuntimeFiles()
+	// A VM that went to sleep, or failed to wake before it ran, keeps its disks, its
+	// saved state and its address.
+	sleeping := s.asleep || fileExists(s.dir.Sleep().Path(snapfile.MetaFile))
+	if sleeping {
+		s.dir.RemoveRuntimeFilesKeepingDisks()
+	} else {
+		s.dir.RemoveRuntimeFiles()
+	}
 	if s.dns != nil {
 		s.dns.Close()
 	}
 	table := network.TableFor(s.o.Root.Dir, layout.DefaultRoot)
 	err := s.st.Update(func(tx *store.Tx) error {
-		if err := tx.MarkExited(s.o.Name, s.o.ID, reason, time.Now()); err != nil {
+		if sleeping {
+			if err := tx.MarkSleeping(s.o.Name, s.o.ID, time.Now()); err != nil {
+				return err
+			}
+		} else if err := tx.MarkExited(s.o.Name, s.o.ID, reason, time.Now()); err != nil {
 			return err
 		}
 		return netsync.Sync(tx, table) // this VM's rules go with it
@@ -478,6 +652,11 @@ func (s *supervisor) teardown(reason string) {
 	if err != nil {
 		s.o.Log.Error("record exit", "err", err)
 	}
+}
+
+func fileExists(path string) bool {
+	_, err := os.Stat(path)
+	return err == nil
 }
 
 func listenUnix(path string) (net.Listener, error) {

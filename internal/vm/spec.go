@@ -86,6 +86,14 @@ type Record struct {
 	// EgressResolved is Spec.Egress's list as resolved when the VM started (addr:port).
 	EgressResolved []string `json:"egress_resolved,omitempty"`
 	Foreground     bool     `json:"foreground,omitempty"`
+	// RestoreFrom is a snapshot directory the supervisor restores the VM from instead
+	// of booting it (up --snapshot or --template, wake).
+	RestoreFrom string `json:"restore_from,omitempty"`
+	// FromSnapshot says what the VM was restored from: a snapshot name, or
+	// "template:NAME"; empty for a cold boot.
+	FromSnapshot string    `json:"from_snapshot,omitempty"`
+	Template     string    `json:"template,omitempty"`
+	SleptAt      time.Time `json:"slept_at,omitzero"`
 
 	CreatedAt  time.Time `json:"created_at"`
 	StartedAt  time.Time `json:"started_at,omitzero"`

@@ -117,6 +117,16 @@ func TestTransitions(t *testing.T) {
 		{StateRunning, StateCreating, false},
 		{StateStopping, StateRunning, false},
 		{StateRunning, StateRunning, true},
+		{StateRunning, StatePaused, true},
+		{StatePaused, StateRunning, true},
+		{StatePaused, StateSleeping, true},
+		{StateRunning, StateSleeping, true},
+		{StateSleeping, StateCreating, true}, // wake
+		{StateSleeping, StateExited, true},   // down of a sleeping VM
+		{StateSleeping, StateRunning, false}, // only through a new supervisor
+		{StateSleeping, StatePaused, false},
+		{StateExited, StateSleeping, false},
+		{StateStopping, StatePaused, false},
 	}
 	for _, tc := range tests {
 		r := Record{State: tc.from, Spec: Spec{Name: "x"}}
@@ -127,6 +137,9 @@ func TestTransitions(t *testing.T) {
 		if err != nil && r.State != tc.from {
 			t.Errorf("%s -> %s: state changed on a refused move", tc.from, tc.to)
 		}
+	}
+	if StateSleeping.HasProcess() || !StatePaused.HasProcess() || !StateSleeping.Active() {
+		t.Error("HasProcess/Active of sleeping or paused")
 	}
 	if StateExited.Active() || !StateStopping.Active() {
 		t.Error("Active")

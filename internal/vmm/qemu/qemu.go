@@ -10,6 +10,8 @@ import (
 	"os"
 	"os/exec"
 	"runtime"
+	"strconv"
+	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -264,3 +266,43 @@ func (i *instance) Kill(ctx context.Context) error {
 }
 
 var _ io.Closer = (*QMP)(nil)
+
+// BinaryVersion runs `qemu-system-x86_64 --version` and returns the version number,
+// e.g. "7.2.19", as QMP's query-version reports it.
+func BinaryVersion(ctx context.Context) (string, error) {
+	out, err := exec.CommandContext(ctx, Binary, "--version").Output()
+	if err != nil {
+		return "", fmt.Errorf("%s --version: %w", Binary, err)
+	}
+	return ParseVersion(string(out))
+}
+
+// ParseVersion reads the version from QEMU's --version banner ("QEMU emulator
+// version 7.2.19 (Debian 1:7.2+dfsg-7+deb12u18)").
+func ParseVersion(banner string) (string, error) {
+	const marker = "version "
+	i := strings.Index(banner, marker)
+	if i < 0 {
+		return "", fmt.Errorf("no version in %q", firstLine(banner))
+	}
+	v, _, _ := strings.Cut(banner[i+len(marker):], " ")
+	v = strings.TrimSpace(v)
+	parts := strings.Split(v, ".")
+	if len(parts) < 2 || len(parts) > 3 {
+		return "", fmt.Errorf("no version in %q", firstLine(banner))
+	}
+	for _, p := range parts {
+		if _, err := strconv.Atoi(p); err != nil {
+			return "", fmt.Errorf("no version in %q", firstLine(banner))
+		}
+	}
+	if len(parts) == 2 {
+		v += ".0"
+	}
+	return v, nil
+}
+
+func firstLine(s string) string {
+	l, _, _ := strings.Cut(s, "\n")
+	return l
+}

@@ -99,3 +99,21 @@ func TestShutdownReason(t *testing.T) {
 		}
 	}
 }
+
+func TestParseVersion(t *testing.T) {
+	for _, tc := range []struct {
+		in, want string
+		ok       bool
+	}{
+		{"QEMU emulator version 7.2.19 (Debian 1:7.2+dfsg-7+deb12u18)\nCopyright", "7.2.19", true},
+		{"QEMU emulator version 8.1\n", "8.1.0", true},
+		{"QEMU emulator version x.y.z\n", "", false},
+		{"nothing here", "", false},
+		{"QEMU emulator version 9\n", "", false},
+	} {
+		got, err := ParseVersion(tc.in)
+		if (err == nil) != tc.ok || got != tc.want {
+			t.Errorf("ParseVersion(%q) = %q, %v", tc.in, got, err)
+		}
+	}
+}

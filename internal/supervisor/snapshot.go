@@ -1,0 +1,334 @@
+package supervisor
+
+import (
+	"context"
+	"crypto/rand"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"time"
+
+	"github.com/mvm-dev/mvm/internal/agent/client"
+	"github.com/mvm-dev/mvm/internal/agent/proto"
+	"github.com/mvm-dev/mvm/internal/layout"
+	"github.com/mvm-dev/mvm/internal/procutil"
+	"github.com/mvm-dev/mvm/internal/snapfile"
+	"github.com/mvm-dev/mvm/internal/version"
+	"github.com/mvm-dev/mvm/internal/vm"
+)
+
+// Snapshot kinds: a user snapshot or a template's (the VM goes on), or sleep (the VM
+// ends and is woken from it later, with its disks where they are).
+const (
+	KindSnapshot = "snapshot"
+	KindTemplate = "template"
+	KindSleep    = "sleep"
+)
+
+// SnapshotRequest asks the supervisor to save its VM into Dir (which exists, is
+// empty and is locked by the caller).
+type SnapshotRequest struct {
+	Dir  string `json:"dir"`
+	Kind string `json:"kind"`
+	Name string `json:"name"`
+	ID   string `json:"id"`
+}
+
+// SnapshotResult reports a saved snapshot.
+type SnapshotResult struct {
+	Meta      snapfile.Meta `json:"meta"`
+	SizeBytes int64         `json:"size_bytes"` // allocated on disk
+	PausedMs  float64       `json:"paused_ms"`  // how long the vCPUs stood still
+	SaveMs    float64       `json:"save_ms"`    // device and memory state
+	DisksMs   float64       `json:"disks_ms"`
+}
+
+// restoreSource is an opened snapshot a VM is being restored from.
+type restoreSource struct {
+	dir      layout.SnapDir
+	meta     snapfile.Meta
+	inPlace  bool // sleep: the disks are the VM's own, checked, not copied
+	lock     *procutil.Lock
+	oldToken []byte
+}
+
+func (r *restoreSource) release() {
+	if r != nil && r.lock != nil {
+		r.lock.Unlock()
+		r.lock = nil
+	}
+}
+
+// openRestore opens and checks the snapshot the record says to restore from. The
+// runtime has checked compatibility before starting the supervisor; this checks the
+// seal, the token and (while reading them) every file.
+func (s *supervisor) openRestore(ctx context.Context) (*restoreSource, error) {
+	src := &restoreSource{dir: layout.SnapDir{Dir: s.rec.RestoreFrom}}
+	src.inPlace = src.dir.Dir == s.dir.Sleep().Dir
+	if !src.inPlace {
+		l, err := procutil.LockShared(ctx, src.dir.Lock(), 30*time.Second)
+		if err != nil {
+			return nil, fmt.Errorf("snapshot %s is being removed or replaced: %w", s.rec.FromSnapshot, err)
+		}
+		src.lock = l
+	}
+	key, err := snapfile.LoadOrCreateKey(s.o.Root.SnapshotKey())
+	if err != nil {
+		src.release()
+		return nil, err
+	}
+	if src.meta, err = snapfile.ReadMeta(src.dir.Dir, key); err != nil {
+		src.release()
+		return nil, fmt.Errorf("snapshot %s: %w", s.rec.FromSnapshot, err)
+	}
+	tok, err := readVerified(src.dir.Path(snapfile.FileToken), src.meta)
+	if err != nil {
+		src.release()
+		return nil, err
+	}
+	src.oldToken = tok
+	return src, nil
+}
+
+// readVerified reads a small sealed file whole and checks it.
+func readVerified(path string, m snapfile.Meta) ([]byte, error) {
+	e, ok := m.File(snapfile.FileToken)
+	if !ok {
+		return nil, fmt.Errorf("snapshot has no %s: %w", snapfile.FileToken, snapfile.ErrTampered)
+	}
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, err
+	}
+	d := snapfile.NewStreamDigest()
+	_, _ = d.Write(b)
+	if d.Sum() != e.Digest {
+		return nil, fmt.Errorf("snapshot %s: %w", snapfile.FileToken, snapfile.ErrTampered)
+	}
+	return b, nil
+}
+
+// restoreDisks gives the VM its writable disks from the snapshot: its own copies
+// (reflinked where the filesystem can), checked against the seal while copying; a
+// woken VM's disks are where they were and are only checked.
+func (s *supervisor) restoreDisks(ctx context.Context, src *restoreSource) error {
+	disks := []struct{ name, path string }{{snapfile.FileRootfs, s.dir.Rootfs()}}
+	if s.rec.Spec.DataDiskMiB > 0 {
+		disks = append(disks, struct{ name, path string }{snapfile.FileData, s.dir.Data()})
+	}
+	for _, d := range disks {
+		e, ok := src.meta.File(d.name)
+		if !ok {
+			return fmt.Errorf("snapshot has no %s disk: %w", d.name, snapfile.ErrTampered)
+		}
+		if src.inPlace {
+			got, err := snapfile.DigestFile(d.path)
+			if err != nil {
+				return err
+			}
+			if got != e.Digest {
+				return fmt.Errorf("the %s disk changed while the VM slept: %w", d.name, snapfile.ErrTampered)
+			}
+			continue
+		}
+		_ = os.Remove(d.path)
+		if err := snapfile.CopyVerified(ctx, src.dir.Path(d.name), d.path, e.Digest); err != nil {
+			return fmt.Errorf("%s disk: %w", d.name, err)
+		}
+	}
+	return nil
+}
+
+// memoryReader streams the saved state to the hypervisor, checking it against the
+// seal as it goes: at the end a mismatch is an error instead of EOF, so the restore
+// fails before the VM has run a single instruction. The digest is computed beside
+// the copy, on another core, over the very bytes handed to the hypervisor.
+func (src *restoreSource) memoryReader() (io.Reader, func(), error) {
+	e, ok := src.meta.File(snapfile.FileMemory)
+	if !ok {
+		return nil, nil, fmt.Errorf("snapshot has no memory file: %w", snapfile.ErrTampered)
+	}
+	f, err := os.Open(src.dir.Path(snapfile.FileMemory))
+	if err != nil {
+		return nil, nil, err
+	}
+	v := &verifyingReader{r: f, want: e.Digest, chunks: make(chan []byte, 16), sum: make(chan snapfile.Digest, 1)}
+	go func() {
+		d := snapfile.NewStreamDigest()
+		for c := range v.chunks {
+			_, _ = d.Write(c)
+		}
+		v.sum <- d.Sum()
+	}()
+	return v, func() {
+		v.finish()
+		f.Close()
+	}, nil
+}
+
+type verifyingReader struct {
+	r      io.Reader
+	want   snapfile.Digest
+	chunks chan []byte
+	sum    chan snapfile.Digest
+	closed bool
+	start  time.Time
+	took   time.Duration // from the first read to EOF
+}
+
+func (v *verifyingReader) Read(p []byte) (int, error) {
+	if v.start.IsZero() {
+		v.start = time.Now()
+	}
+	n, err := v.r.Read(p)
+	if n > 0 && !v.closed {
+		v.chunks <- append([]byte(nil), p[:n]...)
+	}
+	if errors.Is(err, io.EOF) {
+		if got := v.finish(); got != v.want {
+			return n, fmt.Errorf("memory state: %w", snapfile.ErrTampered)
+		}
+		v.took = time.Since(v.start)
+	}
+	return n, err
+}
+
+// finish ends the digest and returns it (once; later calls return the zero digest).
+func (v *verifyingReader) finish() snapfile.Digest {
+	if v.closed {
+		return snapfile.Digest{}
+	}
+	v.closed = true
+	close(v.chunks)
+	return <-v.sum
+}
+
+// identify makes the restored guest this VM: the agent is reached with the
+// snapshot's token, takes on the new drives' identity and token, and the network
+// learns the new MAC and address.
+func (s *supervisor) identify(ctx context.Context, oldToken []byte) error {
+	entropy := make([]byte, 64)
+	if _, err := rand.Read(entropy); err != nil {
+		return err
+	}
+	steps, err := client.New(s.link.open, oldToken).Identify(ctx, time.Now(), entropy)
+	if err != nil {
+		return fmt.Errorf("identify the restored guest: %w", err)
+	}
+	s.o.Log.Info("restored guest identified", "steps_ms", steps)
+	s.agent = client.New(s.link.open, s.token)
+	if _, err := s.agent.Ping(ctx); err != nil {
+		return fmt.Errorf("agent after identify: %w", err)
+	}
+	if s.tap != nil {
+		if err := s.inst.Announce(ctx); err != nil {
+			s.o.Log.Warn("announce", "err", err)
+		}
+	}
+	return nil
+}
+
+// saveSnapshot saves the VM: vCPUs stopped, device and memory state streamed to the
+// snapshot directory, the writable disks captured at the same instant, the token,
+// then the sealed metadata. The VM then goes on (snapshot, template) or stays paused
+// for the caller to end it (sleep).
+func (s *supervisor) saveSnapshot(ctx context.Context, req SnapshotRequest) (res SnapshotResult, err error) {
+	dir := layout.SnapDir{Dir: req.Dir}
+	key, err := snapfile.LoadOrCreateKey(s.o.Root.SnapshotKey())
+	if err != nil {
+		return res, err
+	}
+	bver, err := s.inst.Version(ctx)
+	if err != nil {
+		return res, err
+	}
+	cpu, err := snapfile.HostCPU()
+	if err != nil {
+		return res, err
+	}
+	wasRunning := !s.paused
+	begin := time.Now()
+	if wasRunning {
+		if err := s.inst.Pause(ctx); err != nil {
+			return res, err
+		}
+		defer func() {
+			if req.Kind != KindSleep || err != nil {
+				if rerr := s.inst.Resume(context.WithoutCancel(ctx)); rerr != nil {
+					s.o.Log.Error("resume after snapshot", "err", rerr)
+				}
+			}
+		}()
+	}
+	files := []snapfile.FileEntry{}
+	t := time.Now()
+	memD, err := saveTo(dir.Path(snapfile.FileMemory), func(w io.Writer) error { return s.inst.SaveState(ctx, w) })
+	if err != nil {
+		return res, fmt.Errorf("save state: %w", err)
+	}
+	files = append(files, snapfile.FileEntry{Name: snapfile.FileMemory, Digest: memD})
+	res.SaveMs = ms(time.Since(t))
+	t = time.Now()
+	disks := []struct{ name, path string }{{snapfile.FileRootfs, s.dir.Rootfs()}}
+	if s.rec.Spec.DataDiskMiB > 0 {
+		disks = append(disks, struct{ name, path string }{snapfile.FileData, s.dir.Data()})
+	}
+	for _, d := range disks {
+		var dg snapfile.Digest
+		if req.Kind == KindSleep {
+			// The disks stay where they are; the seal says what they must hold on wake.
+			dg, err = snapfile.DigestFile(d.path)
+		} else {
+			dg, err = snapfile.CopyDigest(ctx, d.path, dir.Path(d.name))
+		}
+		if err != nil {
+			return res, fmt.Errorf("%s disk: %w", d.name, err)
+		}
+		files = append(files, snapfile.FileEntry{Name: d.name, Digest: dg})
+	}
+	res.DisksMs = ms(time.Since(t))
+	tokD, err := saveTo(dir.Path(snapfile.FileToken), func(w io.Writer) error { _, err := w.Write(s.token); return err })
+	if err != nil {
+		return res, err
+	}
+	files = append(files, snapfile.FileEntry{Name: snapfile.FileToken, Digest: tokD})
+	if wasRunning && req.Kind != KindSleep {
+		res.PausedMs = ms(time.Since(begin))
+	}
+	meta := snapfile.Meta{
+		Format: snapfile.Format, ID: req.ID, Name: req.Name, Kind: req.Kind, Source: s.rec.Spec.Name,
+		CreatedAt: time.Now().UTC(), MvmVersion: version.String(), AgentProto: proto.Version,
+		Backend: vm.HypervisorQEMU, BackendVersion: bver, Accel: s.accel.Name,
+		CPUModel: cpu.Model, CPUFlags: cpu.Flags,
+		ImageDigest: s.rec.ImageRef, Kernel: s.rec.Kernel,
+		CPUs: s.rec.Spec.CPUs, MemoryMiB: s.rec.Spec.MemoryMiB, DataDiskMiB: s.rec.Spec.DataDiskMiB,
+		NIC: s.tap != nil, Files: files,
+	}
+	if err = snapfile.WriteMeta(dir.Dir, key, meta); err != nil {
+		return res, err
+	}
+	res.Meta = meta
+	res.SizeBytes = layout.DiskUsage(dir.Dir)
+	return res, nil
+}
+
+// saveTo writes a new snapshot file (0600) through fn and returns its digest.
+func saveTo(path string, fn func(io.Writer) error) (snapfile.Digest, error) {
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+	if err != nil {
+		return snapfile.Digest{}, err
+	}
+	d := snapfile.NewStreamDigest()
+	err = fn(io.MultiWriter(f, d))
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		os.Remove(path)
+		return snapfile.Digest{}, err
+	}
+	return d.Sum(), nil
+}
+
+func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
