@@ -251,7 +251,11 @@ func TestSnapshotRefusals(t *testing.T) {
 	// A byte of the metadata.
 	meta := copySnap("meta")
 	raw, _ := os.ReadFile(filepath.Join(meta, "meta.json"))
-	os.WriteFile(filepath.Join(meta, "meta.json"), []byte(strings.Replace(string(raw), `"cpus":1`, `"cpus":2`, 1)), 0o600)
+	edited := strings.Replace(string(raw), `"cpus": 1,`, `"cpus": 2,`, 1)
+	if edited == string(raw) {
+		t.Fatalf("meta.json has no \"cpus\": 1 to edit:\n%s", raw)
+	}
+	os.WriteFile(filepath.Join(meta, "meta.json"), []byte(edited), 0o600)
 	// Another QEMU version, sealed properly (as a snapshot from another host would be
 	// if it shared the key): refused for what it says, not for its seal.
 	other := copySnap("other")
