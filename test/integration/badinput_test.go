@@ -30,7 +30,7 @@ func TestBadInput(t *testing.T) {
 		{"memory without unit", []string{"up", "-d", "--memory", "512"}, nil, "no unit"},
 		{"bad data disk", []string{"up", "-d", "--data-disk", "lots"}, nil, "--data-disk"},
 		{"unknown image", []string{"up", "-d", "--image", "nope"}, nil, "mvmctl image ls"},
-		{"bad network", []string{"up", "-d", "--network", "wifi"}, nil, "use default or none"},
+		{"bad network", []string{"up", "-d", "--network", "wifi"}, nil, "mvmctl network create wifi"},
 		{"firecracker", []string{"up", "-d", "--hypervisor", "firecracker"}, nil, "not available yet"},
 		{"bad hypervisor", []string{"up", "-d", "--hypervisor", "xen"}, nil, "auto, qemu or firecracker"},
 		{"no qemu", []string{"up", "-d", "--name", "noq"}, []string{"PATH=/nonexistent"}, "qemu-system-x86_64 not found: run `mvmctl bootstrap`"},
