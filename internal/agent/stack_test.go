@@ -119,19 +119,25 @@ func TestIdentifySwapsToken(t *testing.T) {
 	sock, g := stack(t, goodToken)
 	ctx := context.Background()
 	old := client.NewHybrid(sock, goodToken)
-	if _, err := old.Identify(ctx, time.Now(), make([]byte, 8)); err == nil {
+	newToken := []byte("restored-token-0123456789")
+	if _, err := old.Identify(ctx, time.Now(), make([]byte, 8), newToken); err == nil {
 		t.Error("identify with too little entropy accepted")
 	}
 	now := time.Now()
-	steps, err := old.Identify(ctx, now, bytes.Repeat([]byte{7}, 64))
+	steps, err := old.Identify(ctx, now, bytes.Repeat([]byte{7}, 64), newToken)
 	if err != nil || steps["clock"] != 0.1 || g.lastTime.Load() != now.UnixNano() {
 		t.Fatalf("identify: %v %v", steps, err)
 	}
 	if _, err := old.Ping(ctx); err == nil {
 		t.Error("the snapshot's token still works after identify")
 	}
-	if _, err := client.NewHybrid(sock, []byte("restored-token-0123456789")).Ping(ctx); err != nil {
+	if _, err := client.NewHybrid(sock, newToken).Ping(ctx); err != nil {
 		t.Errorf("the new token does not work: %v", err)
+	}
+	// The answer must prove the agent holds the token the host gave the clone.
+	sock2, _ := stack(t, goodToken)
+	if _, err := client.NewHybrid(sock2, goodToken).Identify(ctx, now, bytes.Repeat([]byte{7}, 64), []byte("another-token-0123456789")); err == nil {
+		t.Error("identify accepted an answer proving another token")
 	}
 }
 

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
 	"net"
 	"net/netip"
 	"os"
@@ -132,7 +133,8 @@ func (a *agentGuest) Identify(req proto.Identify) ([]byte, map[string]float64, e
 	if err := a.loadToken(); err != nil {
 		return nil, steps, err
 	}
-	a.log.Info("identity taken after restore", "hostname", cfg.Hostname, "ip", cfg.IP, "steps_ms", steps)
+	// Logged beside the answer, not before it: the serial console is slow to write.
+	go a.log.Info("identity taken after restore", "hostname", cfg.Hostname, "ip", cfg.IP, "steps_ms", maps.Clone(steps))
 	return a.token, steps, nil
 }
 

@@ -34,7 +34,9 @@ func newAgentLink(port net.Conn, log *slog.Logger) *agentLink {
 func (l *agentLink) dial(ctx context.Context, restored bool) error {
 	var o link.DialOptions
 	if restored {
-		o.Resync = 10 * time.Millisecond
+		// The identify that follows at once proves the session, within the same
+		// deadline a probe would have.
+		o.Resync, o.NoProbe = 10*time.Millisecond, true
 	}
 	s, err := link.Dial(ctx, l.port, o)
 	if err != nil {

@@ -51,6 +51,14 @@ type restoreSource struct {
 	inPlace  bool // sleep: the disks are the VM's own, checked, not copied
 	lock     *procutil.Lock
 	oldToken []byte
+
+	// The memory state's check against the seal, running beside the load.
+	memCheck     chan error
+	memChecked   bool
+	memErr       error
+	memCheckTook time.Duration
+
+	resumedAt time.Time // when the restored guest first ran
 }
 
 func (r *restoreSource) release() {
@@ -140,68 +148,53 @@ func (s *supervisor) restoreDisks(ctx context.Context, src *restoreSource) error
 	return nil
 }
 
-// memoryReader streams the saved state to the hypervisor, checking it against the
-// seal as it goes: at the end a mismatch is an error instead of EOF, so the restore
-// fails before the VM has run a single instruction. The digest is computed beside
-// the copy, on another core, over the very bytes handed to the hypervisor.
-func (src *restoreSource) memoryReader() (io.Reader, func(), error) {
+// memoryState opens the saved state for the hypervisor to read directly and checks
+// it against the seal on another core meanwhile (reading the file a second time costs
+// little: the hypervisor's reads bring it into the page cache, or ours do for it).
+// The check runs beside the hypervisor's start and load, off the restore's critical
+// path; the VM is resumed only after verified reports a match, so a modified state
+// never runs a single instruction.
+func (src *restoreSource) memoryState() (*os.File, error) {
 	e, ok := src.meta.File(snapfile.FileMemory)
 	if !ok {
-		return nil, nil, fmt.Errorf("snapshot has no memory file: %w", snapfile.ErrTampered)
+		return nil, fmt.Errorf("snapshot has no memory file: %w", snapfile.ErrTampered)
 	}
-	f, err := os.Open(src.dir.Path(snapfile.FileMemory))
+	path := src.dir.Path(snapfile.FileMemory)
+	f, err := os.Open(path)
 	if err != nil {
-		return nil, nil, err
+		return nil, err
 	}
-	v := &verifyingReader{r: f, want: e.Digest, chunks: make(chan []byte, 16), sum: make(chan snapfile.Digest, 1)}
+	src.memCheck = make(chan error, 1)
 	go func() {
-		d := snapfile.NewStreamDigest()
-		for c := range v.chunks {
-			_, _ = d.Write(c)
+		begin := time.Now()
+		got, err := snapfile.DigestFile(path)
+		src.memCheckTook = time.Since(begin)
+		switch {
+		case err != nil:
+			src.memCheck <- fmt.Errorf("memory state: %w", err)
+		case got != e.Digest:
+			src.memCheck <- fmt.Errorf("memory state: %w", snapfile.ErrTampered)
+		default:
+			src.memCheck <- nil
 		}
-		v.sum <- d.Sum()
 	}()
-	return v, func() {
-		v.finish()
-		f.Close()
-	}, nil
+	return f, nil
 }
 
-type verifyingReader struct {
-	r      io.Reader
-	want   snapfile.Digest
-	chunks chan []byte
-	sum    chan snapfile.Digest
-	closed bool
-	start  time.Time
-	took   time.Duration // from the first read to EOF
-}
-
-func (v *verifyingReader) Read(p []byte) (int, error) {
-	if v.start.IsZero() {
-		v.start = time.Now()
+// verified waits for the memory state's check (once; later calls return its result).
+func (src *restoreSource) verified(ctx context.Context) error {
+	if src.memCheck == nil {
+		return errors.New("memory state was never opened")
 	}
-	n, err := v.r.Read(p)
-	if n > 0 && !v.closed {
-		v.chunks <- append([]byte(nil), p[:n]...)
-	}
-	if errors.Is(err, io.EOF) {
-		if got := v.finish(); got != v.want {
-			return n, fmt.Errorf("memory state: %w", snapfile.ErrTampered)
+	if !src.memChecked {
+		select {
+		case src.memErr = <-src.memCheck:
+			src.memChecked = true
+		case <-ctx.Done():
+			return ctx.Err()
 		}
-		v.took = time.Since(v.start)
 	}
-	return n, err
-}
-
-// finish ends the digest and returns it (once; later calls return the zero digest).
-func (v *verifyingReader) finish() snapfile.Digest {
-	if v.closed {
-		return snapfile.Digest{}
-	}
-	v.closed = true
-	close(v.chunks)
-	return <-v.sum
+	return src.memErr
 }
 
 // identify makes the restored guest this VM: the agent is reached with the
@@ -212,15 +205,21 @@ func (s *supervisor) identify(ctx context.Context, oldToken []byte) error {
 	if _, err := rand.Read(entropy); err != nil {
 		return err
 	}
-	steps, err := client.New(s.link.open, oldToken).Identify(ctx, time.Now(), entropy)
+	// The guest's clock went on from where it stood when the snapshot was taken, as
+	// if no time had passed. Authenticating with the time it believes it is saves the
+	// round trip of a challenge (one the agent still makes if the guess is off).
+	// The identify itself sets the clock to the host's.
+	var opts []client.Option
+	if s.restore != nil && !s.restore.resumedAt.IsZero() {
+		taken, resumed := s.restore.meta.CreatedAt, s.restore.resumedAt
+		opts = append(opts, client.WithClock(func() time.Time { return taken.Add(time.Since(resumed)) }))
+	}
+	steps, err := client.New(s.link.open, oldToken, opts...).Identify(ctx, time.Now(), entropy, s.token)
 	if err != nil {
 		return fmt.Errorf("identify the restored guest: %w", err)
 	}
 	s.o.Log.Info("restored guest identified", "steps_ms", steps)
 	s.agent = client.New(s.link.open, s.token)
-	if _, err := s.agent.Ping(ctx); err != nil {
-		return fmt.Errorf("agent after identify: %w", err)
-	}
 	if s.tap != nil {
 		if err := s.inst.Announce(ctx); err != nil {
 			s.o.Log.Warn("announce", "err", err)

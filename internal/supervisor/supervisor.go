@@ -189,11 +189,17 @@ func (s *supervisor) start(ctx context.Context) error {
 	if s.ports, err = forward.Listen(s.rec.Spec.Ports); err != nil {
 		return err
 	}
+	var mem *os.File // the saved state, when restoring
 	if s.rec.RestoreFrom != "" {
 		if s.restore, err = s.openRestore(ctx); err != nil {
 			return err
 		}
 		defer s.restore.release()
+		// Checked from now on, beside the disks' copies and the hypervisor's start.
+		if mem, err = s.restore.memoryState(); err != nil {
+			return err
+		}
+		defer mem.Close()
 	}
 	phase("prepare")
 	if err := s.prepareDrives(ctx, img); err != nil {
@@ -223,19 +229,17 @@ func (s *supervisor) start(ctx context.Context) error {
 	if s.tap != nil {
 		cfg.TAP = s.tap.File
 	}
-	if s.restore != nil {
-		mem, closeMem, err := s.restore.memoryReader()
-		if err != nil {
-			return err
-		}
-		defer closeMem()
+	if mem != nil {
 		cfg.RestoreFrom = mem
 	}
 	if s.inst, err = backend.Start(ctx, cfg); err != nil {
+		if s.restore != nil {
+			// A modified state often fails the load itself: say what was wrong with it.
+			if verr := s.restore.verified(ctx); verr != nil {
+				return verr
+			}
+		}
 		return err
-	}
-	if v, ok := cfg.RestoreFrom.(*verifyingReader); ok {
-		log.Debug("saved state read and checked", "ms", ms(v.took))
 	}
 	phase("hypervisor started")
 	hpid := s.inst.PID()
@@ -300,6 +304,10 @@ func (s *supervisor) start(ctx context.Context) error {
 // state is dropped first: once the guest runs, its disks move on and the saved memory
 // no longer matches them.
 func (s *supervisor) resumeRestored(ctx context.Context) error {
+	if err := s.restore.verified(ctx); err != nil {
+		return err
+	}
+	s.o.Log.Debug("saved state checked", "ms", ms(s.restore.memCheckTook))
 	if s.restore.inPlace {
 		if err := os.Remove(s.restore.dir.Path(snapfile.MetaFile)); err != nil {
 			return fmt.Errorf("retire the sleep state: %w", err)
@@ -309,6 +317,7 @@ func (s *supervisor) resumeRestored(ctx context.Context) error {
 	if err := s.inst.Resume(ctx); err != nil {
 		return err
 	}
+	s.restore.resumedAt = time.Now()
 	s.o.Log.Debug("resumed")
 	if s.restore.inPlace {
 		_ = os.RemoveAll(s.restore.dir.Dir)

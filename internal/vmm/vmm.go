@@ -36,6 +36,7 @@ type Config struct {
 	// RestoreFrom, when set, is a saved state (from Instance.SaveState of a VM with
 	// the same CPUs, memory and devices) that the new instance loads instead of
 	// booting. Start returns once it is loaded, with the VM paused: Resume runs it.
+	// An *os.File of a regular file is handed to the hypervisor to read itself.
 	RestoreFrom io.Reader
 }
 

@@ -6,6 +6,7 @@ package client
 
 import (
 	"context"
+	"crypto/hmac"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -73,8 +74,9 @@ type Client struct {
 // Option configures a Client.
 type Option func(*Client)
 
-// WithClock replaces the clock the handshake proves freshness with (tests use it to
-// exercise the challenge path).
+// WithClock replaces the clock the handshake proves freshness with: the time the
+// guest believes it is, where that is known to differ (a restored guest), or in
+// tests, to exercise the challenge path.
 func WithClock(now func() time.Time) Option { return func(c *Client) { c.now = now } }
 
 // New returns a client that authenticates with token.
@@ -222,14 +224,15 @@ func (cl *Client) SetTime(ctx context.Context, t time.Time) error {
 
 // Identify gives a guest restored from a snapshot its own identity (see
 // proto.Identify). The client authenticates with the token it was made with (the
-// snapshot's); afterwards the agent only accepts the new VM's token.
-func (cl *Client) Identify(ctx context.Context, now time.Time, entropy []byte) (map[string]float64, error) {
+// snapshot's); afterwards the agent only accepts newToken, which its answer proves
+// it holds.
+func (cl *Client) Identify(ctx context.Context, now time.Time, entropy, newToken []byte) (map[string]float64, error) {
 	resp, err := cl.simple(ctx, proto.Request{Op: proto.OpIdentify, Identify: &proto.Identify{UnixNano: now.UnixNano(), Entropy: entropy}})
 	if err != nil {
 		return nil, err
 	}
-	if resp.Identified == nil {
-		return nil, nil
+	if resp.Identified == nil || !hmac.Equal(resp.Identified.TokenMAC, proto.IdentifiedMAC(newToken, entropy)) {
+		return nil, errors.New("the agent did not take the new token from the secrets drive")
 	}
 	return resp.Identified.StepsMs, nil
 }

@@ -30,6 +30,9 @@ type DialOptions struct {
 	// may swallow the first sync); leave it zero while the guest boots, where one sync
 	// waits in the port until the agent opens it.
 	Resync time.Duration
+	// NoProbe skips proving a resynced session with a ping before Dial returns: for
+	// a caller whose first call does the same (and fails the same way) anyway.
+	NoProbe bool
 }
 
 // Resync pacing for Dial: fastResyncs at opt.Resync, then one every slowResync.
@@ -123,7 +126,7 @@ func Dial(ctx context.Context, port net.Conn, opt DialOptions) (*Session, error)
 		cw.Close()
 	}()
 	s := &Session{mux: mux, port: port, cw: cw, AgentVersion: version}
-	if opt.Resync > 0 {
+	if opt.Resync > 0 && !opt.NoProbe {
 		// A live agent's side is the uncertain one: prove the session carries
 		// frames both ways before anyone relies on it (keepalives are off, so a
 		// dead one would otherwise go unnoticed).

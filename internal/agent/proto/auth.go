@@ -54,6 +54,12 @@ func AgentMAC(token, hostNonce, challenge []byte) []byte {
 	return mac(token, "mvm-agent-v1", hostNonce, challenge)
 }
 
+// IdentifiedMAC proves that whoever answers an identify holds token, bound to the
+// request's entropy (fresh and random for every identify).
+func IdentifiedMAC(token, entropy []byte) []byte {
+	return mac(token, "mvm-identified-v1", entropy)
+}
+
 func mac(token []byte, label string, parts ...[]byte) []byte {
 	m := hmac.New(sha256.New, token)
 	m.Write([]byte(label))

@@ -241,9 +241,12 @@ func (i *Identify) Validate() error {
 	return nil
 }
 
-// Identified reports what an identify did, step by step, in milliseconds.
+// Identified reports what an identify did, step by step, in milliseconds, and proves
+// that the agent now holds the new token (IdentifiedMAC), which saves the host a
+// round trip to check it.
 type Identified struct {
-	StepsMs map[string]float64 `json:"steps_ms"`
+	StepsMs  map[string]float64 `json:"steps_ms"`
+	TokenMAC []byte             `json:"token_mac"`
 }
 
 // SetTime sets the guest wall clock.

@@ -25,7 +25,8 @@ import (
 
 // Version is the protocol version. A peer refuses a different major version.
 // 2: exec stdin is flow-controlled by the agent (TWindow).
-const Version = 2
+// 3: an identify answer proves the new token (Identified.TokenMAC).
+const Version = 3
 
 // AgentPort is the vsock port the agent listens on (and the port named in the
 // hybrid-vsock CONNECT line).

@@ -206,7 +206,8 @@ func (s *Server) dispatch(ctx context.Context, c net.Conn, pc *proto.Conn, req *
 		s.tokenMu.Lock()
 		s.Token = tok
 		s.tokenMu.Unlock()
-		_ = pc.WriteJSON(proto.TResponse, proto.Response{OK: true, Identified: &proto.Identified{StepsMs: steps}})
+		_ = pc.WriteJSON(proto.TResponse, proto.Response{OK: true, Identified: &proto.Identified{
+			StepsMs: steps, TokenMAC: proto.IdentifiedMAC(tok, req.Identify.Entropy)}})
 	case proto.OpPoweroff:
 		s.Log.Info("poweroff requested by host")
 		s.Guest.Poweroff() // schedules it, so the answer below still leaves

@@ -135,23 +135,31 @@ func (i *instance) restore(ctx context.Context, from io.Reader) error {
 	if _, err := i.qmp.Execute(ctx, "migrate-set-parameters", map[string]any{"announce-rounds": 0}); err != nil {
 		return err
 	}
-	pr, pw, err := os.Pipe()
-	if err != nil {
-		return err
-	}
-	_, err = i.qmp.ExecuteWithFile(ctx, "getfd", map[string]any{"fdname": "mvm-restore"}, pr)
-	pr.Close()
-	if err != nil {
-		pw.Close()
-		return err
-	}
-	setPipeSize(pw)
 	fed := make(chan error, 1)
-	go func() {
-		_, err := io.CopyBuffer(struct{ io.Writer }{pw}, struct{ io.Reader }{from}, make([]byte, pipeChunk))
-		pw.Close()
-		fed <- err
-	}()
+	if f, ok := from.(*os.File); ok && isRegular(f) {
+		// A file is read by QEMU itself: no copy through a pipe.
+		if _, err := i.qmp.ExecuteWithFile(ctx, "getfd", map[string]any{"fdname": "mvm-restore"}, f); err != nil {
+			return err
+		}
+		fed <- nil
+	} else {
+		pr, pw, err := os.Pipe()
+		if err != nil {
+			return err
+		}
+		_, err = i.qmp.ExecuteWithFile(ctx, "getfd", map[string]any{"fdname": "mvm-restore"}, pr)
+		pr.Close()
+		if err != nil {
+			pw.Close()
+			return err
+		}
+		setPipeSize(pw)
+		go func() {
+			_, err := io.CopyBuffer(struct{ io.Writer }{pw}, struct{ io.Reader }{from}, make([]byte, pipeChunk))
+			pw.Close()
+			fed <- err
+		}()
+	}
 	if _, err := i.qmp.Execute(ctx, "migrate-incoming", map[string]any{"uri": "fd:mvm-restore"}); err != nil {
 		return err
 	}
@@ -185,4 +193,11 @@ func (i *instance) restore(ctx context.Context, from io.Reader) error {
 		case <-time.After(2 * time.Millisecond):
 		}
 	}
+}
+
+// isRegular reports whether f is a regular file (which QEMU can read at its own pace
+// from the start; a pipe or socket is fed by a copy instead).
+func isRegular(f *os.File) bool {
+	fi, err := f.Stat()
+	return err == nil && fi.Mode().IsRegular()
 }
