@@ -1,41 +1,33 @@
 package cli
 
 import (
+	"context"
 	"fmt"
 	"time"
 
 	"github.com/spf13/cobra"
 
+	"github.com/mvm-dev/mvm/internal/runtime"
 	"github.com/mvm-dev/mvm/internal/store"
 	"github.com/mvm-dev/mvm/internal/ui"
 	"github.com/mvm-dev/mvm/internal/vm"
 )
 
 func newPauseCmd(a *app) *cobra.Command {
-	return &cobra.Command{
-		Use:   "pause NAME...",
-		Short: "Stop a VM's vCPUs (it keeps its memory, disks and address; resume continues it)",
-		Args:  cobra.MinimumNArgs(1),
-		RunE: func(cmd *cobra.Command, args []string) error {
-			rt, err := a.runtime()
-			if err != nil {
-				return err
-			}
-			for _, n := range args {
-				if err := rt.Pause(cmd.Context(), n); err != nil {
-					return err
-				}
-				fmt.Fprintln(a.stdout, n)
-			}
-			return nil
-		},
-	}
+	return perVMCmd(a, "pause NAME...", "Stop a VM's vCPUs (it keeps its memory, disks and address; resume continues it)",
+		(*runtime.Runtime).Pause)
 }
 
 func newResumeCmd(a *app) *cobra.Command {
+	return perVMCmd(a, "resume NAME...", "Continue paused VMs", (*runtime.Runtime).Resume)
+}
+
+// perVMCmd is a command that applies op to each named VM in turn, printing each name
+// once done, and stops at the first failure.
+func perVMCmd(a *app, use, short string, op func(*runtime.Runtime, context.Context, string) error) *cobra.Command {
 	return &cobra.Command{
-		Use:   "resume NAME...",
-		Short: "Continue paused VMs",
+		Use:   use,
+		Short: short,
 		Args:  cobra.MinimumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			rt, err := a.runtime()
@@ -43,7 +35,7 @@ func newResumeCmd(a *app) *cobra.Command {
 				return err
 			}
 			for _, n := range args {
-				if err := rt.Resume(cmd.Context(), n); err != nil {
+				if err := op(rt, cmd.Context(), n); err != nil {
 					return err
 				}
 				fmt.Fprintln(a.stdout, n)
