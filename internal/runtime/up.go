@@ -21,6 +21,7 @@ import (
 	"github.com/mvm-dev/mvm/internal/store"
 	"github.com/mvm-dev/mvm/internal/supervisor"
 	"github.com/mvm-dev/mvm/internal/vm"
+	"github.com/mvm-dev/mvm/internal/vmm/firecracker"
 	"github.com/mvm-dev/mvm/internal/vmm/qemu"
 )
 
@@ -72,7 +73,11 @@ func (r *Runtime) Validate(spec vm.Spec) error {
 		return err
 	}
 	if spec.Hypervisor == vm.HypervisorFirecracker {
-		return errors.New("the Firecracker backend is not available yet in this build: use --hypervisor qemu (or auto)")
+		// Say first what this host lacks (the binary, KVM), then what this build does.
+		if _, err := firecracker.New(firecracker.Options{}); err != nil {
+			return fmt.Errorf("--hypervisor firecracker: %w; or use --hypervisor qemu", err)
+		}
+		return errors.New("--hypervisor firecracker: firecracker and KVM are usable here, but this build does not run VMs on Firecracker yet: use --hypervisor qemu (or auto)")
 	}
 	if err := forward.CheckFree(spec.Ports); err != nil {
 		return err

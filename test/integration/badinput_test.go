@@ -31,7 +31,7 @@ func TestBadInput(t *testing.T) {
 		{"bad data disk", []string{"up", "-d", "--data-disk", "lots"}, nil, "--data-disk"},
 		{"unknown image", []string{"up", "-d", "--image", "nope"}, nil, "mvmctl image ls"},
 		{"bad network", []string{"up", "-d", "--network", "wifi"}, nil, "mvmctl network create wifi"},
-		{"firecracker", []string{"up", "-d", "--hypervisor", "firecracker"}, nil, "not available yet"},
+		{"firecracker", []string{"up", "-d", "--hypervisor", "firecracker"}, nil, "firecracker not found: put the firecracker binary"},
 		{"bad hypervisor", []string{"up", "-d", "--hypervisor", "xen"}, nil, "auto, qemu or firecracker"},
 		{"no qemu", []string{"up", "-d", "--name", "noq"}, []string{"PATH=/nonexistent"}, "qemu-system-x86_64 not found: run `mvmctl bootstrap`"},
 		{"down unknown", []string{"down", "ghost"}, nil, `no VM named "ghost"`},
