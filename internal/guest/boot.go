@@ -156,13 +156,21 @@ func switchRoot(dev string) error {
 	return os.Chdir("/")
 }
 
-// mountRuntime mounts what a process in the guest expects once the rootfs is /.
+// mountRuntime mounts what a process in the guest expects once the rootfs is /, and
+// makes RuntimeDir, where the default image's /etc/hosts and /etc/resolv.conf point.
 func mountRuntime() error {
 	const nosuidDev = unix.MS_NOSUID | unix.MS_NODEV
-	return errors.Join(
+	err := errors.Join(
 		mountIfNeeded("devpts", "/dev/pts", "devpts", unix.MS_NOSUID|unix.MS_NOEXEC, "gid=5,mode=620,ptmxmode=666"),
 		mountIfNeeded("tmpfs", "/dev/shm", "tmpfs", nosuidDev, "mode=1777"),
 		mountIfNeeded("tmpfs", "/run", "tmpfs", nosuidDev, "mode=0755"),
 		mountIfNeeded("tmpfs", "/tmp", "tmpfs", nosuidDev, "mode=1777"),
 	)
+	return errors.Join(err, os.MkdirAll(RuntimeDir, 0o755))
 }
+
+// RuntimeDir holds the files the agent rewrites on every boot and restore. The
+// default image links /etc/hosts and /etc/resolv.conf here: they are per boot, not
+// the image's, and a tmpfs write after a restore costs a fraction of the first
+// write to the ext4 root (measured 17 ms under emulation, on the restore's path).
+const RuntimeDir = "/run/mvm"

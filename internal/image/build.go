@@ -25,7 +25,7 @@ import (
 )
 
 // recipe names the build steps below; bump it whenever they change what comes out.
-const recipe = "mvm-default-image-v2"
+const recipe = "mvm-default-image-v3"
 
 // epoch is the timestamp given to every file of an image, so builds are reproducible.
 const epoch = 1700000000
@@ -276,14 +276,19 @@ func contains(list []string, s string) bool {
 
 // rootfsFiles are the small text files of the default userland.
 var rootfsFiles = map[string]string{
-	"etc/passwd":      "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/bin/false\n",
-	"etc/group":       "root:x:0:\ntty:x:5:\nnogroup:x:65534:\n",
-	"etc/shadow":      "root:*:19000:0:99999:7:::\nnobody:*:19000:0:99999:7:::\n",
-	"etc/os-release":  "NAME=\"mvm\"\nID=mvm\nPRETTY_NAME=\"mvm default image (busybox)\"\n",
-	"etc/profile":     "export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin\nexport PS1='\\h:\\w\\$ '\n",
-	"etc/hostname":    "mvm\n",
-	"etc/hosts":       "127.0.0.1\tlocalhost\n",
-	"etc/resolv.conf": "",
+	"etc/passwd":     "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/bin/false\n",
+	"etc/group":      "root:x:0:\ntty:x:5:\nnogroup:x:65534:\n",
+	"etc/shadow":     "root:*:19000:0:99999:7:::\nnobody:*:19000:0:99999:7:::\n",
+	"etc/os-release": "NAME=\"mvm\"\nID=mvm\nPRETTY_NAME=\"mvm default image (busybox)\"\n",
+	"etc/profile":    "export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin\nexport PS1='\\h:\\w\\$ '\n",
+	"etc/hostname":   "mvm\n",
+}
+
+// rootfsLinks are symlinks of the default userland: the files the agent writes on
+// every boot and restore live on a tmpfs (see guest.RuntimeDir).
+var rootfsLinks = map[string]string{
+	"etc/hosts":       "/run/mvm/hosts",
+	"etc/resolv.conf": "/run/mvm/resolv.conf",
 }
 
 var rootfsDirs = []string{"bin", "sbin", "usr/bin", "usr/sbin", "etc", "proc", "sys", "dev", "tmp", "run",
@@ -307,6 +312,11 @@ func writeRootfs(ctx context.Context, busybox, stage, dst string, sizeMiB int64,
 			mode = 0o600
 		}
 		if err := os.WriteFile(filepath.Join(stage, name), []byte(body), mode); err != nil {
+			return err
+		}
+	}
+	for name, target := range rootfsLinks {
+		if err := os.Symlink(target, filepath.Join(stage, name)); err != nil {
 			return err
 		}
 	}
