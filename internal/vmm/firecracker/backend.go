@@ -70,12 +70,21 @@ var (
 // Options configures the backend.
 type Options struct {
 	// Binary is the firecracker executable: a path, or a name looked up on
-	// PATH. Empty means "firecracker" on PATH.
+	// PATH. Empty means BinDir/firecracker if it is there, else "firecracker"
+	// on PATH.
 	Binary string
+	// BinDir is mvm's own program directory (<root>/bin), where `mvmctl
+	// bootstrap --firecracker` installs the release it pins and verifies; it
+	// comes before PATH so that release is the one used.
+	BinDir string
 	// RunDir holds one directory per VM (RunDir/<Config.Name>) with the API
 	// socket, the vsock socket and the log, when Start is used. StartVM can name
 	// the directory itself.
 	RunDir string
+	// Jailer, when set, runs every VM under Firecracker's jailer (chroot,
+	// uid/gid switch, cgroup v2 limits) instead of running firecracker
+	// directly; VMOptions.Jailer overrides it per VM. See jailer.go.
+	Jailer *Jailer
 
 	// detect probes the host for KVM; nil means qemu.DetectAccel. Tests set it.
 	detect func() qemu.Accel
@@ -100,6 +109,9 @@ type VMOptions struct {
 	LogLevel string
 	// Restore, when set, loads this snapshot instead of booting.
 	Restore *Snapshot
+	// Jailer, when set, overrides Options.Jailer for this VM (a uid of its
+	// own, say). Under the jailer Dir is not used: the VM lives in its chroot.
+	Jailer *Jailer
 }
 
 // Snapshot is a Firecracker snapshot: the device state and guest memory files
@@ -130,11 +142,19 @@ func New(opts Options) (*Backend, error) {
 	name := opts.Binary
 	if name == "" {
 		name = Binary
+		if opts.BinDir != "" {
+			if p, err := exec.LookPath(filepath.Join(opts.BinDir, Binary)); err == nil {
+				name = p
+			}
+		}
 	}
 	bin, err := exec.LookPath(name)
 	if err != nil {
 		if opts.Binary != "" {
 			return nil, fmt.Errorf("%w (%s: %w)", ErrNotFound, opts.Binary, err)
+		}
+		if opts.BinDir != "" {
+			return nil, fmt.Errorf("%w, or install it into %s with `mvmctl bootstrap --firecracker`", ErrNotFound, opts.BinDir)
 		}
 		return nil, ErrNotFound
 	}
@@ -188,6 +208,9 @@ func (b *Backend) StartVM(ctx context.Context, cfg vmm.Config, vm VMOptions) (*I
 	}
 	if len(cfg.ExtraPorts) > 0 {
 		return nil, fmt.Errorf("firecracker has no virtio-serial ports; cannot give %s", strings.Join(cfg.ExtraPorts, ", "))
+	}
+	if j := b.jailerFor(vm); j != nil {
+		return b.startJailed(ctx, cfg, vm, *j)
 	}
 	dir := vm.Dir
 	if dir == "" {
@@ -329,7 +352,7 @@ func (i *Instance) boot(ctx context.Context, cfg vmm.Config, logger fcapi.Logger
 			}
 			return i.api.PutNetworkInterface(ctx, fcapi.NetworkInterface{IfaceID: ifaceID, HostDevName: tap, GuestMAC: cfg.MAC})
 		}},
-		{"vsock", func() error { return i.api.PutVsock(ctx, fcapi.Vsock{GuestCID: GuestCID, UDSPath: i.vsock}) }},
+		{"vsock", func() error { return i.api.PutVsock(ctx, fcapi.Vsock{GuestCID: GuestCID, UDSPath: i.fcPath(i.vsock)}) }},
 		{"entropy device", func() error { return i.api.PutEntropy(ctx, fcapi.Entropy{}) }},
 		{"instance start", func() error { return i.api.InstanceStart(ctx) }},
 	}

@@ -19,6 +19,9 @@ type Instance struct {
 	console net.Conn
 	vsock   string
 	dir     string
+	// jail is set when Firecracker runs under the jailer: the paths it is
+	// given are then inside its chroot.
+	jail *jail
 
 	mu     sync.Mutex
 	killed bool // Kill was called: the exit is ours, not the guest's
@@ -44,7 +47,8 @@ func (i *Instance) Agent() vmm.AgentChannel { return vmm.AgentChannel{HybridSock
 // refuses Config.ExtraPorts.
 func (i *Instance) Ports() []net.Conn { return nil }
 
-// Dir is the VM's directory (API socket, vsock socket, log).
+// Dir is the VM's directory (API socket, vsock socket, log); under the
+// jailer, the root of its chroot.
 func (i *Instance) Dir() string { return i.dir }
 
 // API is the client for this instance's API socket, for what vmm.Instance
@@ -131,6 +135,9 @@ func (i *Instance) SaveState(context.Context, io.Writer) error { return ErrStrea
 // statePath and guest memory to memPath. Firecracker refuses it while the VM
 // runs; the VM stays paused afterwards.
 func (i *Instance) CreateSnapshot(ctx context.Context, statePath, memPath string) error {
+	if i.jail != nil {
+		return i.createJailedSnapshot(ctx, statePath, memPath)
+	}
 	err := i.api.CreateSnapshot(ctx, fcapi.SnapshotCreate{SnapshotType: fcapi.SnapshotFull,
 		SnapshotPath: statePath, MemFilePath: memPath})
 	if err != nil {

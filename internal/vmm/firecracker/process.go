@@ -17,6 +17,9 @@ type launchSpec struct {
 	Binary    string
 	APISocket string
 	ID        string
+	// Argv, when set, is the whole command line to run instead of Binary
+	// --api-sock APISocket --id ID: the jailer's, which execs Firecracker.
+	Argv []string
 	// Console is the guest's serial console: Firecracker's stdin and stdout.
 	Console *os.File
 	Stderr  io.Writer
@@ -48,6 +51,9 @@ type execProcess struct {
 // so a killed supervisor never leaves a hypervisor behind.
 func execLaunch(spec launchSpec) (process, error) {
 	cmd := exec.Command(spec.Binary, "--api-sock", spec.APISocket, "--id", spec.ID)
+	if len(spec.Argv) > 0 {
+		cmd = exec.Command(spec.Argv[0], spec.Argv[1:]...)
+	}
 	cmd.Stdin = spec.Console
 	cmd.Stdout = spec.Console
 	cmd.Stderr = spec.Stderr

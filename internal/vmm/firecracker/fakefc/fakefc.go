@@ -72,6 +72,7 @@ type Option func(*options)
 
 type options struct {
 	id, version, socketPath string
+	root                    string
 	fileChecks              bool
 }
 
@@ -89,6 +90,11 @@ func WithSocketPath(path string) Option { return func(o *options) { o.socketPath
 // and snapshot paths exist. Firecracker opens them, so the check is on by
 // default.
 func WithoutFileChecks() Option { return func(o *options) { o.fileChecks = false } }
+
+// WithRoot makes the fake resolve every file path it is given (kernel,
+// initrd, drives, snapshot files) inside root, as a Firecracker jailed by
+// the jailer sees only its chroot. Without it paths are the host's.
+func WithRoot(root string) Option { return func(o *options) { o.root = root } }
 
 // Server is a fake Firecracker API server. Its methods are safe for
 // concurrent use.

@@ -7,6 +7,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"path/filepath"
 	"strings"
 	"unicode"
 )
@@ -322,10 +323,10 @@ func (s *Server) createSnapshot(body map[string]any) reply {
 	if err != nil {
 		return faultf(http.StatusInternalServerError, "Create snapshot error: Cannot serialize the microVM state: %v", err)
 	}
-	if err := os.WriteFile(body["snapshot_path"].(string), state, 0o600); err != nil {
+	if err := os.WriteFile(s.file(body["snapshot_path"].(string)), state, 0o600); err != nil {
 		return bad("Create snapshot error: Cannot perform open on the snapshot backing file: %v", err)
 	}
-	if err := os.WriteFile(body["mem_file_path"].(string), []byte(memMarker), 0o600); err != nil {
+	if err := os.WriteFile(s.file(body["mem_file_path"].(string)), []byte(memMarker), 0o600); err != nil {
 		return bad("Create snapshot error: Cannot perform open on the memory backing file: %v", err)
 	}
 	return noContent
@@ -349,7 +350,7 @@ func (s *Server) loadSnapshot(body map[string]any) reply {
 		r.fatal = true
 		return r
 	}
-	raw, err := os.ReadFile(body["snapshot_path"].(string))
+	raw, err := os.ReadFile(s.file(body["snapshot_path"].(string)))
 	if err != nil {
 		return fail("Cannot open the snapshot file: %v", err)
 	}
@@ -364,14 +365,14 @@ func (s *Server) loadSnapshot(body map[string]any) reply {
 	if mb, ok := body["mem_backend"].(map[string]any); ok {
 		memPath = mb["backend_path"].(string)
 	}
-	if _, err := os.Stat(memPath); err != nil {
+	if _, err := os.Stat(s.file(memPath)); err != nil {
 		return fail("Cannot load the guest memory: %v", err)
 	}
 	if s.opts.fileChecks {
 		// Disks are not in the snapshot: their paths must resolve again.
 		for id, d := range m.Drives {
 			if p, ok := d["path_on_host"].(string); ok {
-				if _, err := os.Stat(p); err != nil {
+				if _, err := os.Stat(s.file(p)); err != nil {
 					return fail("Cannot restore drive %s: %v", id, err)
 				}
 			}
@@ -405,8 +406,18 @@ func (s *Server) mustExist(path string) error {
 	if !s.opts.fileChecks {
 		return nil
 	}
-	_, err := os.Stat(path)
+	_, err := os.Stat(s.file(path))
 	return err
+}
+
+// file is where a path Firecracker was given lies on the host: itself, or
+// inside WithRoot's root. Cleaning it as an absolute path first keeps ".."
+// from leaving the root, as chroot does.
+func (s *Server) file(path string) string {
+	if s.opts.root == "" {
+		return path
+	}
+	return filepath.Join(s.opts.root, filepath.Clean("/"+path))
 }
 
 func majorMinor(v string) string {
