@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"strings"
 
+	"github.com/mvm-dev/mvm/internal/fcinstall"
 	"github.com/mvm-dev/mvm/internal/image"
 	"github.com/mvm-dev/mvm/internal/image/kernel"
 	"github.com/mvm-dev/mvm/internal/layout"
@@ -19,14 +20,19 @@ type BootstrapOptions struct {
 	Root          layout.Root
 	RefreshKernel bool
 	Progress      func(string)
+	// Firecracker also installs a Firecracker release into Root.Bin().
+	Firecracker bool
+	// FirecrackerVersion is the release; empty means fcinstall.DefaultVersion.
+	FirecrackerVersion string
 }
 
 // BootstrapResult says what bootstrap found or did.
 type BootstrapResult struct {
-	Installed []string       `json:"installed_packages"`
-	Kernel    kernel.Package `json:"kernel"`
-	Image     image.Manifest `json:"image"`
-	Built     bool           `json:"built"`
+	Installed   []string          `json:"installed_packages"`
+	Kernel      kernel.Package    `json:"kernel"`
+	Image       image.Manifest    `json:"image"`
+	Built       bool              `json:"built"`
+	Firecracker *fcinstall.Result `json:"firecracker,omitempty"`
 }
 
 func (o BootstrapOptions) progress(s string) {
@@ -40,6 +46,11 @@ func (o BootstrapOptions) progress(s string) {
 // run only checks.
 func Bootstrap(ctx context.Context, o BootstrapOptions) (BootstrapResult, error) {
 	var res BootstrapResult
+	if o.Firecracker && o.FirecrackerVersion != "" {
+		if err := fcinstall.CheckVersion(o.FirecrackerVersion); err != nil {
+			return res, err // before anything is changed
+		}
+	}
 	if err := o.Root.EnsureDirs(); err != nil {
 		return res, err
 	}
@@ -72,6 +83,20 @@ func Bootstrap(ctx context.Context, o BootstrapOptions) (BootstrapResult, error)
 		return res, fmt.Errorf("build the default image: %w", err)
 	}
 	res.Image, res.Built = img.Manifest, built
+	if !o.Firecracker {
+		return res, nil
+	}
+	// Last, so that a host that cannot download it is still made ready for QEMU.
+	fc, err := fcinstall.Install(ctx, fcinstall.Options{
+		BinDir:   o.Root.Bin(),
+		CacheDir: filepath.Join(o.Root.Cache(), "firecracker"),
+		Version:  o.FirecrackerVersion,
+		Progress: o.Progress,
+	})
+	if err != nil {
+		return res, fmt.Errorf("firecracker: %w", err)
+	}
+	res.Firecracker = &fc
 	return res, nil
 }
 

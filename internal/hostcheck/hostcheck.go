@@ -33,6 +33,23 @@ type Check struct {
 	Status string `json:"status"`
 	Detail string `json:"detail"`
 	Fix    string `json:"fix,omitempty"`
+	// Group is GroupHost (what QEMU VMs need) or GroupFirecracker (what the
+	// Firecracker backend needs, optional unless asked for).
+	Group string `json:"group"`
+}
+
+// Groups of checks.
+const (
+	GroupHost        = "host"
+	GroupFirecracker = "firecracker"
+)
+
+// DoctorOptions control Doctor.
+type DoctorOptions struct {
+	// Firecracker makes the Firecracker checks count: without it, one that
+	// fails is reported as a warning, since a host without Firecracker is
+	// healthy for QEMU.
+	Firecracker bool
 }
 
 // BusyboxPath is where Debian's busybox-static puts its binary.
@@ -79,10 +96,13 @@ func missingPackages() []string {
 	return miss
 }
 
-// Doctor runs every check.
-func Doctor(ctx context.Context, root layout.Root) []Check {
+// Doctor runs every check: the host's, then Firecracker's.
+func Doctor(ctx context.Context, root layout.Root, o DoctorOptions) []Check {
 	var cs []Check
-	add := func(c Check) { cs = append(cs, c) }
+	add := func(c Check) {
+		c.Group = GroupHost
+		cs = append(cs, c)
+	}
 
 	if os.Geteuid() == 0 {
 		add(Check{Name: "root", Status: OK, Detail: "running as root"})
@@ -134,15 +154,17 @@ func Doctor(ctx context.Context, root layout.Root) []Check {
 		add(Check{Name: "kernel", Status: Fail, Detail: "no kernel package cached", Fix: "mvmctl bootstrap (downloads " + kernel.MetaPackage + " with apt, does not install it)"})
 	}
 	add(imageCheck(root, agent))
-	if _, err := exec.LookPath("firecracker"); err != nil {
-		add(Check{Name: "firecracker", Status: Info, Detail: "not installed; the Firecracker backend is not available in this build yet"})
-	} else {
-		add(Check{Name: "firecracker", Status: Info, Detail: "installed, but this build does not drive it yet"})
-	}
 	if err := root.EnsureDirs(); err != nil {
 		add(Check{Name: "state", Status: Fail, Detail: err.Error(), Fix: "run as root, or point MVM_ROOT/--root at a writable directory"})
 	} else {
 		add(Check{Name: "state", Status: OK, Detail: root.Dir})
+	}
+	for _, c := range firecrackerChecks(ctx, root, acc) {
+		c.Group = GroupFirecracker
+		if c.Status == Fail && !o.Firecracker {
+			c.Status = Warn
+		}
+		cs = append(cs, c)
 	}
 	return cs
 }

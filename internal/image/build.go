@@ -97,7 +97,10 @@ func (s Store) Build(ctx context.Context, o BuildOptions) (img Image, built bool
 	if err := s.Tag(o.Name, digest); err != nil {
 		return Image{}, false, err
 	}
-	img, err = s.Get(o.Name)
+	if img, err = s.Get(o.Name); err != nil {
+		return img, built, err
+	}
+	img, err = s.recordFit(ctx, img, o.Kernel.Deb)
 	return img, built, err
 }
 
@@ -141,14 +144,14 @@ func (s Store) build(ctx context.Context, o BuildOptions, digest string, inputs 
 		KernelRelease: k.Release,
 		KernelPackage: o.Kernel.Name + "_" + o.Kernel.Version,
 		KernelFormat:  format,
-		// Debian's cloud kernel finds microvm devices through ACPI; Firecracker announces
-		// virtio-mmio devices on the command line, which this kernel does not parse.
-		Backends:     []string{"qemu"},
-		AgentVersion: strings.TrimSpace(strings.TrimPrefix(string(agentVersion), "mvm-agent ")),
-		Modules:      mods,
-		Sizes:        map[string]int64{},
-		Inputs:       inputs,
+		AgentVersion:  strings.TrimSpace(strings.TrimPrefix(string(agentVersion), "mvm-agent ")),
+		Modules:       mods,
+		Sizes:         map[string]int64{},
+		Inputs:        inputs,
 	}
+	// Debian's cloud kernel finds QEMU microvm's devices through ACPI; whether it
+	// also fits Firecracker's command-line virtio-mmio devices is in its config.
+	m.Backends, m.Unsupported = kernelFit(k, format, mods)
 	for _, f := range []string{FileKernel, FileInitrd, FileRootfs} {
 		st, err := os.Stat(filepath.Join(out, f))
 		if err != nil {
@@ -167,6 +170,22 @@ func (s Store) build(ctx context.Context, o BuildOptions, digest string, inputs 
 		return fmt.Errorf("store image: %w", err)
 	}
 	return nil
+}
+
+func kernelFit(k kernel.Unpacked, format string, mods []string) ([]string, map[string]string) {
+	if k.Config == "" {
+		return noConfigFit(errors.New("the kernel package has no boot/config-" + k.Release))
+	}
+	f, err := os.Open(k.Config)
+	if err != nil {
+		return noConfigFit(err)
+	}
+	defer f.Close()
+	cfg, err := kernel.ParseConfig(f)
+	if err != nil {
+		return noConfigFit(fmt.Errorf("%s: %w", filepath.Base(k.Config), err))
+	}
+	return KernelFit(cfg, format, mods)
 }
 
 func writeKernel(bzImage, dst string) (string, error) {

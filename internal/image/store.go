@@ -42,6 +42,11 @@ type Manifest struct {
 	Modules       []string          `json:"modules"`
 	Sizes         map[string]int64  `json:"sizes"`
 	Inputs        map[string]string `json:"inputs"` // input name -> sha256
+
+	// Unsupported gives, per backend the kernel cannot boot on, the reason.
+	// Manifests written before it existed have neither it nor "firecracker"
+	// in Backends; Fit reports them as not known.
+	Unsupported map[string]string `json:"unsupported_backends,omitempty"`
 }
 
 // Image is a stored image.

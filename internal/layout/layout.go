@@ -42,6 +42,10 @@ func (r Root) Images() string { return filepath.Join(r.Dir, "images") }
 // Cache holds downloads (kernel packages).
 func (r Root) Cache() string { return filepath.Join(r.Dir, "cache") }
 
+// Bin holds the programs mvm installs for itself (`mvmctl bootstrap --firecracker`
+// puts firecracker and jailer here), so nothing is written to the host's own PATH.
+func (r Root) Bin() string { return filepath.Join(r.Dir, "bin") }
+
 // State is the directory of the state database.
 func (r Root) State() string { return r.Dir }
 

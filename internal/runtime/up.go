@@ -74,7 +74,7 @@ func (r *Runtime) Validate(spec vm.Spec) error {
 	}
 	if spec.Hypervisor == vm.HypervisorFirecracker {
 		// Say first what this host lacks (the binary, KVM), then what this build does.
-		if _, err := firecracker.New(firecracker.Options{}); err != nil {
+		if _, err := firecracker.New(firecracker.Options{BinDir: r.Root.Bin()}); err != nil {
 			return fmt.Errorf("--hypervisor firecracker: %w; or use --hypervisor qemu", err)
 		}
 		return errors.New("--hypervisor firecracker: firecracker and KVM are usable here, but this build does not run VMs on Firecracker yet: use --hypervisor qemu (or auto)")

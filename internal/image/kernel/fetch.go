@@ -141,6 +141,7 @@ type Unpacked struct {
 	Release    string // e.g. 6.1.0-48-cloud-amd64
 	BzImage    string
 	ModulesDir string
+	Config     string // boot/config-<release>; empty when the package has none
 }
 
 // Unpack extracts the .deb with dpkg-deb (always present on Debian) into dir.
@@ -157,7 +158,11 @@ func Unpack(ctx context.Context, deb, dir string) (Unpacked, error) {
 	if _, err := os.Stat(mods); err != nil {
 		return Unpacked{}, fmt.Errorf("%s: no modules for %s: %w", filepath.Base(deb), rel, err)
 	}
-	return Unpacked{Dir: dir, Release: rel, BzImage: imgs[0], ModulesDir: mods}, nil
+	u := Unpacked{Dir: dir, Release: rel, BzImage: imgs[0], ModulesDir: mods}
+	if cfg := filepath.Join(dir, "boot", "config-"+rel); fileExists(cfg) {
+		u.Config = cfg
+	}
+	return u, nil
 }
 
 // ModuleFiles indexes the .ko files of a modules tree by module name.
@@ -179,6 +184,11 @@ func ModuleFiles(modulesDir string) (map[string]string, error) {
 		return nil, errors.New("no .ko modules found (compressed modules are not supported)")
 	}
 	return idx, nil
+}
+
+func fileExists(p string) bool {
+	_, err := os.Stat(p)
+	return err == nil
 }
 
 func lastLines(b []byte, n int) string {
