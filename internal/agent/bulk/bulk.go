@@ -13,6 +13,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"runtime/debug"
 	"strings"
 	"sync"
 	"syscall"
@@ -50,7 +51,6 @@ type Writer struct {
 	buf     *bufio.Writer
 	h       *xxhash.Digest
 	n       int64
-	chunk   []byte
 	changed []string
 }
 
@@ -93,14 +93,17 @@ const maxChanged = 8
 // ErrChanged is wrapped by SendFile's error when a file shrank while it was copied.
 var ErrChanged = errors.New("file changed during copy")
 
-// sendChunk is how much of a file is hashed and then sent at a time: small enough to
-// still be in the CPU cache when hashed, and each part is read from the disk once (the
-// sendfile after the read finds it in the page cache).
-const sendChunk = 256 << 10
+// sendWindow is how much of a file is mapped, hashed and then sent at a time: each
+// part is read from the disk once (the sendfile after the hash finds it in the page
+// cache), and the mapping stays bounded whatever the file's size. Smaller windows
+// cost an emulated guest dearly (64 MiB out: 540 ms with 8 MiB windows, 470 with 32).
+const sendWindow = 32 << 20
 
 // SendFile writes size bytes of f; it is archive.PackOptions.Content. The digest is
-// computed from pread(2) into a buffer, never through a mapping: a file that shrinks
-// under a mapping raises SIGBUS, which kills the process (the guest's PID 1).
+// computed through a read-only mapping of each window, not a read into a buffer: in
+// an emulated guest that copy cost cp out 40% of its speed (64 MiB in 780 ms with
+// 256 KiB reads). A file that shrinks under a mapping raises SIGBUS, which would kill
+// the process (the guest's PID 1): hashMapped turns it into ErrChanged.
 func (w *Writer) SendFile(f *os.File, size int64) error {
 	if err := w.buf.Flush(); err != nil {
 		return err
@@ -113,26 +116,19 @@ func (w *Writer) SendFile(f *os.File, size int64) error {
 	if err := unix.Fstat(int(f.Fd()), &before); err != nil {
 		return fmt.Errorf("stat: %w", err)
 	}
-	if w.chunk == nil {
-		w.chunk = make([]byte, sendChunk)
-	}
 	fd := int(f.Fd())
 	for off := int64(0); off < size; {
-		p := w.chunk[:min(size-off, int64(len(w.chunk)))]
-		if n, err := f.ReadAt(p, off); err != nil {
-			if errors.Is(err, io.EOF) {
-				return fmt.Errorf("%w: it shrank to %d bytes of %d", ErrChanged, off+int64(n), size)
-			}
+		n := min(size-off, sendWindow)
+		if err := hashMapped(w.h, fd, off, n); err != nil {
 			return err
 		}
-		w.h.Write(p)
-		if err := sendfile(rc, fd, off, int64(len(p))); err != nil {
+		if err := sendfile(rc, fd, off, n); err != nil {
 			return err
 		}
-		off += int64(len(p))
-		w.n += int64(len(p))
+		off += n
+		w.n += n
 	}
-	// A file written in place between a chunk's read and its sendfile makes the
+	// A file written in place between a window's hash and its sendfile makes the
 	// digest disagree; note it, so the receiver can say why rather than "corrupt".
 	// Appending is harmless (the sent part is unchanged), so it is not an error here.
 	var after unix.Stat_t
@@ -140,6 +136,31 @@ func (w *Writer) SendFile(f *os.File, size int64) error {
 		len(w.changed) < maxChanged {
 		w.changed = append(w.changed, f.Name())
 	}
+	return nil
+}
+
+// hashMapped writes n bytes of fd at off (page-aligned) to h through a read-only
+// mapping. Touching a page past the end of a file that shrank raises SIGBUS; with
+// SetPanicOnFault (which is per goroutine) the runtime panics instead of crashing,
+// and the panic, recognised by its fault address, becomes ErrChanged.
+func hashMapped(h io.Writer, fd int, off, n int64) (err error) {
+	m, err := unix.Mmap(fd, off, int(n), unix.PROT_READ, unix.MAP_SHARED|unix.MAP_POPULATE)
+	if err != nil {
+		return fmt.Errorf("map for the digest: %w", err)
+	}
+	defer func() { _ = unix.Munmap(m) }()
+	defer debug.SetPanicOnFault(debug.SetPanicOnFault(true))
+	defer func() {
+		r := recover()
+		if r == nil {
+			return
+		}
+		if _, fault := r.(interface{ Addr() uintptr }); !fault {
+			panic(r)
+		}
+		err = fmt.Errorf("%w: it shrank while being read", ErrChanged)
+	}()
+	_, _ = h.Write(m)
 	return nil
 }
 
