@@ -111,8 +111,8 @@ func Splice(a, b net.Conn, buffered io.Reader) {
 	wg.Wait()
 }
 
-// stallCheck is how long a write towards the guest may block before we look whether
-// the client is still there.
+// stallCheck is how often a copy towards the guest looks whether the client is still
+// there.
 const stallCheck = 250 * time.Millisecond
 
 var errClientGone = errors.New("hybrid socket: the client left while the guest was not reading")
@@ -120,35 +120,46 @@ var errClientGone = errors.New("hybrid socket: the client left while the guest w
 // copyFromClient copies the client's bytes (r, read from client) to dst. A guest that
 // stopped reading (it refused a transfer) blocks the write, and then the client's
 // close would go unnoticed for ever, holding the stream (the bulk channel, a stream
-// window): while a write stalls, a client that will neither send nor receive anything
-// more (its socket reports POLLHUP) ends the copy.
+// window): a client that will neither send nor receive anything more (its socket
+// reports POLLHUP) at two checks stallCheck apart ends the copy. The copy itself is
+// io.Copy's, so it keeps its fast paths: a loop of deadline-bounded 32 KiB writes
+// cost copies into the guest 15% of their speed.
 func copyFromClient(dst net.Conn, r io.Reader, client net.Conn) error {
-	defer dst.SetWriteDeadline(time.Time{})
-	buf := make([]byte, 32<<10)
-	for {
-		n, rerr := r.Read(buf)
-		for p := buf[:n]; len(p) > 0; {
-			_ = dst.SetWriteDeadline(time.Now().Add(stallCheck))
-			k, werr := dst.Write(p)
-			p = p[k:]
-			var ne net.Error
-			switch {
-			case werr == nil:
-			case errors.As(werr, &ne) && ne.Timeout():
-				if closedByPeer(client) {
-					return errClientGone
-				}
-			default:
-				return werr
+	done := make(chan struct{})
+	watched := make(chan bool, 1)
+	go func() {
+		gone := false
+		defer func() { watched <- gone }()
+		t := time.NewTicker(stallCheck)
+		defer t.Stop()
+		for hups := 0; ; {
+			select {
+			case <-done:
+				return
+			case <-t.C:
+			}
+			if !closedByPeer(client) {
+				hups = 0
+				continue
+			}
+			if hups++; hups >= 2 {
+				gone = true
+				_ = dst.SetWriteDeadline(time.Unix(1, 0)) // ends the blocked write
+				return
 			}
 		}
-		if errors.Is(rerr, io.EOF) {
-			return nil
-		}
-		if rerr != nil {
-			return rerr
-		}
+	}()
+	_, err := io.Copy(dst, r)
+	close(done)
+	gone := <-watched
+	_ = dst.SetWriteDeadline(time.Time{})
+	switch {
+	case err == nil:
+		return nil // everything arrived, whatever the client did since
+	case gone:
+		return errClientGone
 	}
+	return err
 }
 
 // closedByPeer reports whether c's peer has closed it for good (POLLHUP: both
