@@ -256,6 +256,8 @@ func (s *supervisor) saveSnapshot(ctx context.Context, req SnapshotRequest) (res
 			if req.Kind != KindSleep || err != nil {
 				if rerr := s.inst.Resume(context.WithoutCancel(ctx)); rerr != nil {
 					s.o.Log.Error("resume after snapshot", "err", rerr)
+				} else {
+					s.syncClock(context.WithoutCancel(ctx))
 				}
 			}
 		}()

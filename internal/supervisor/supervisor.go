@@ -555,7 +555,21 @@ func (s *supervisor) setPaused(pause bool) error {
 		return err
 	}
 	s.paused = pause
+	if !pause {
+		s.syncClock(ctx)
+	}
 	return s.update(func(r *vm.Record) error { return r.SetState(to) })
+}
+
+// syncClock sets the guest's clock from the host's after its vCPUs stood still: the
+// guest does not see time pass while paused, and would lag by as long.
+func (s *supervisor) syncClock(ctx context.Context) {
+	if s.agent == nil {
+		return
+	}
+	if err := s.agent.SetTime(ctx, time.Now()); err != nil {
+		s.o.Log.Warn("set guest clock after resume", "err", err)
+	}
 }
 
 // snapshot saves the VM; for sleep it then ends the hypervisor, and the VM's end is

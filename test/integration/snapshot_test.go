@@ -92,9 +92,13 @@ func TestPauseSnapshotClones(t *testing.T) {
 	if r := e.run("pause", "src"); r.code == 0 || !strings.Contains(r.stderr, "already paused") {
 		t.Errorf("second pause: %+v", r)
 	}
+	time.Sleep(1500 * time.Millisecond) // the guest sees no time pass while paused
 	e.must("resume", "src")
 	if got := e.mustExec("src", "cat", "/mnt/data/marker"); got != "before-snapshot\n" {
 		t.Fatalf("after resume: %q", got)
+	}
+	if skew := e.guestClockSkew("src"); skew > time.Second || skew < -time.Second {
+		t.Errorf("guest clock off by %v after a pause of 1.5 s", skew)
 	}
 
 	// A snapshot of the running VM; it goes on.
