@@ -125,7 +125,12 @@ func (cl *Client) open(ctx context.Context, req proto.Request) (*session, error)
 	if err != nil {
 		return nil, err
 	}
-	stop := context.AfterFunc(ctx, func() { c.Close() })
+	// A deadline first: closing a stream of the agent link (yamux) only half-closes
+	// it, and a pending read would wait for the guest, up to yamux's close timeout.
+	stop := context.AfterFunc(ctx, func() {
+		_ = c.SetDeadline(time.Unix(1, 0))
+		c.Close()
+	})
 	s := &session{c: c, pc: proto.NewConn(c), stop: stop}
 	fail := func(err error) (*session, error) {
 		s.Close()
