@@ -146,7 +146,10 @@ func (b *Backend) Start(ctx context.Context, cfg vmm.Config) (vmm.Instance, erro
 	for _, f := range theirs {
 		f.Close() // QEMU has its copies
 	}
-	qctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	// QEMU greets within tens of milliseconds on a quiet host, but a host booting a
+	// dozen emulated VMs at once has been seen to take over 10 s: only a QEMU stuck
+	// for a minute is given up on here (the caller's boot deadline still applies).
+	qctx, cancel := context.WithTimeout(ctx, time.Minute)
 	defer cancel()
 	q, err := DialQMP(qctx, ours[0])
 	if err != nil {
