@@ -30,5 +30,16 @@ done < <(grep -rl --include='*_test.go' '^func Fuzz' cmd internal | while read -
 done)
 
 echo "== integration tests (real microVMs)"
-MVM_REQUIRE_INTEGRATION=1 MVM_TEST_BIN="$PWD/bin" go test -count=1 -timeout 30m -v ./test/integration/ 2>&1 | grep -E '^(=== RUN|--- |ok|FAIL|PASS|panic|\s+\S+_test\.go)' 
-exit "${PIPESTATUS[0]}"
+# The whole verbose output goes to a file; the summary shows the tests and their
+# messages, and on a failure the output's end (consoles included) follows.
+log="${TMPDIR:-/tmp}/mvm-integration-$$.log"
+rc=0
+MVM_REQUIRE_INTEGRATION=1 MVM_TEST_BIN="$PWD/bin" go test -count=1 -timeout 30m -v ./test/integration/ >"$log" 2>&1 || rc=$?
+grep -E '^(=== RUN|--- |ok|FAIL|PASS|panic|\s+\S+_test\.go)' "$log" || true
+if [ "$rc" != 0 ]; then
+	echo "== the end of the integration tests' output (all of it: $log)"
+	grep -vE '^=== (RUN|PAUSE|CONT|NAME)' "$log" | tail -n 300
+else
+	rm -f "$log"
+fi
+exit "$rc"

@@ -28,15 +28,16 @@ func newAgentLink(port net.Conn, log *slog.Logger) *agentLink {
 	return &agentLink{port: port, log: log, changed: make(chan struct{})}
 }
 
-// dial establishes the first session. After a boot one sync suffices; a restored
-// guest still runs the snapshot's session, which the first sync breaks (and is
-// eaten by), so syncs are resent until one is answered.
+// dial establishes the first session. After a boot one sync waits in the port for
+// the agent, and another follows every second in case one was lost (the agent acks
+// every one and goes on the first the host names); a restored guest still runs the
+// snapshot's session, which the first sync breaks (and is eaten by), so syncs are
+// resent at once until one is answered. Either way the caller's first request
+// proves the session, within the same deadline a probe would have.
 func (l *agentLink) dial(ctx context.Context, restored bool) error {
-	var o link.DialOptions
+	o := link.DialOptions{Resync: time.Second, NoProbe: true}
 	if restored {
-		// The identify that follows at once proves the session, within the same
-		// deadline a probe would have.
-		o.Resync, o.NoProbe = 10*time.Millisecond, true
+		o.Resync = 10 * time.Millisecond
 	}
 	s, err := link.Dial(ctx, l.port, o)
 	if err != nil {

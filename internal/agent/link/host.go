@@ -25,10 +25,11 @@ type Session struct {
 
 // DialOptions tune Dial.
 type DialOptions struct {
-	// Resync sends a fresh sync line at this interval until one is acknowledged. Use it
-	// when the guest is known to be running (re-linking to a live agent, whose session
-	// may swallow the first sync); leave it zero while the guest boots, where one sync
-	// waits in the port until the agent opens it.
+	// Resync sends a fresh sync line at this interval until one is acknowledged (after
+	// 32 of them, once a second). Short when the guest is known to be running
+	// (re-linking to a live agent, whose session may swallow the first sync); while
+	// the guest boots, one sync waits in the port until the agent opens it, and a slow
+	// resync only covers a lost one. Zero sends one sync.
 	Resync time.Duration
 	// NoProbe skips proving a resynced session with a ping before Dial returns: for
 	// a caller whose first call does the same (and fails the same way) anyway.
