@@ -1,6 +1,7 @@
 package integration
 
 import (
+	"bytes"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -261,6 +262,14 @@ func TestSupervisorKilled(t *testing.T) {
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
+	// QEMU dies when the supervisor's forking thread does, which can be before the
+	// supervisor's last thread has exited and closed its lock: wait for that too.
+	for !exitedProcess(pid) {
+		if time.Now().After(deadline) {
+			t.Fatal("the killed supervisor does not exit")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
 	after := e.vm("victim") // this command reconciles
 	if after.State != "exited" || !strings.Contains(after.ExitReason, "supervisor died") {
 		t.Fatalf("after kill: %+v", after)
@@ -388,4 +397,16 @@ func TestConsoleAndLogsFollow(t *testing.T) {
 			t.Errorf("%s output: %q", p.name, p.out.String())
 		}
 	}
+}
+
+// exitedProcess reports whether pid has exited: gone, or a zombie (whose files,
+// locks included, are closed).
+func exitedProcess(pid int) bool {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return true
+	}
+	// The state follows the command name, which is in parentheses.
+	i := bytes.LastIndexByte(b, ')')
+	return i < 0 || i+2 >= len(b) || b[i+2] == 'Z' || b[i+2] == 'X'
 }

@@ -293,7 +293,13 @@ func TestNetworking(t *testing.T) {
 	var pid int
 	fmt.Sscan(sup[0], &pid)
 	syscall.Kill(pid, syscall.SIGKILL)
-	time.Sleep(500 * time.Millisecond)
+	// The next command after the supervisor and its QEMU are gone must repair.
+	for deadline := time.Now().Add(10 * time.Second); !exitedProcess(pid) ||
+		len(pidOf("qemu-system.*"+e.root+"/vms/"+crawler.ID)) > 0; time.Sleep(20 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("the killed supervisor or its QEMU does not exit")
+		}
+	}
 	e.must("ls") // reconciles
 	if links, _ := e.inNS("ip", "-o", "link"); strings.Contains(links, "mvt"+crawler.ID) {
 		t.Error("TAP of the killed VM remains")
