@@ -272,7 +272,7 @@ func TestSupervisorKilled(t *testing.T) {
 	}
 	after := e.vm("victim") // this command reconciles
 	if after.State != "exited" || !strings.Contains(after.ExitReason, "supervisor died") {
-		t.Fatalf("after kill: %+v", after)
+		t.Fatalf("after kill: %+v; the VM's lock is held by: %v", after, lockHolders(filepath.Join(e.root, "vms", v.ID, "lock")))
 	}
 	for _, f := range []string{"agent.sock", "token", "secrets.ext4", "rootfs.ext4"} {
 		if _, err := os.Stat(filepath.Join(e.root, "vms", v.ID, f)); err == nil {
@@ -409,4 +409,28 @@ func exitedProcess(pid int) bool {
 	// The state follows the command name, which is in parentheses.
 	i := bytes.LastIndexByte(b, ')')
 	return i < 0 || i+2 >= len(b) || b[i+2] == 'Z' || b[i+2] == 'X'
+}
+
+// lockHolders names the processes holding a lock on path (from /proc/locks), to say
+// who keeps a VM "alive".
+func lockHolders(path string) []string {
+	var st syscall.Stat_t
+	if err := syscall.Stat(path, &st); err != nil {
+		return []string{err.Error()}
+	}
+	raw, err := os.ReadFile("/proc/locks")
+	if err != nil {
+		return []string{err.Error()}
+	}
+	var out []string
+	for _, line := range strings.Split(string(raw), "\n") {
+		f := strings.Fields(line)
+		// 1: FLOCK  ADVISORY  WRITE 1234 fd:01:5678 0 EOF
+		if len(f) < 6 || !strings.HasSuffix(f[5], fmt.Sprintf(":%d", st.Ino)) {
+			continue
+		}
+		cmd, _ := os.ReadFile("/proc/" + f[4] + "/cmdline")
+		out = append(out, f[4]+" "+strings.ReplaceAll(string(cmd), "\x00", " "))
+	}
+	return out
 }
