@@ -8,6 +8,7 @@ import (
 	"strings"
 	"syscall"
 	"testing"
+	"time"
 
 	"github.com/mvm-dev/mvm/internal/procutil"
 	"github.com/mvm-dev/mvm/internal/vmm"
@@ -44,7 +45,15 @@ func TestLeftovers(t *testing.T) {
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	stop := func() { _ = syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL); _ = cmd.Wait() }
+	// Wait also for the shell's children: a sleep (or a fork about to become one)
+	// dies with the group but is not waited for by cmd.Wait.
+	stop := func() {
+		_ = syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
+		_ = cmd.Wait()
+		for deadline := time.Now().Add(5 * time.Second); len(processesNaming(v.Config.Name)) > 0 && time.Now().Before(deadline); {
+			time.Sleep(10 * time.Millisecond)
+		}
+	}
 	t.Cleanup(stop)
 	inst := fakeInstance{pid: cmd.Process.Pid, start: procutil.StartTime(cmd.Process.Pid)}
 
