@@ -4,6 +4,7 @@ import (
 	"errors"
 	"log/slog"
 	"os"
+	"syscall"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -34,6 +35,12 @@ func newSuperviseCmd(a *app) *cobra.Command {
 			}
 			if name == "" || id == "" {
 				return errors.New("_supervise needs --name and --id")
+			}
+			// Inherited descriptors come without close-on-exec: set it, or every
+			// program the supervisor runs (mkfs, QEMU) would share the VM's lock and
+			// keep it "alive" after the supervisor's death for as long as it lives.
+			for _, fd := range []int{fdLock, fdStatus, fdForeground} {
+				syscall.CloseOnExec(fd)
 			}
 			o := supervisor.Options{
 				Root: root, Name: name, ID: id, BootTimeout: bootTimeout,

@@ -1,7 +1,7 @@
 package integration
 
 import (
-	"bytes"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -263,10 +263,11 @@ func TestSupervisorKilled(t *testing.T) {
 		time.Sleep(50 * time.Millisecond)
 	}
 	// QEMU dies when the supervisor's forking thread does, which can be before the
-	// supervisor's last thread has exited and closed its lock: wait for that too.
-	for !exitedProcess(pid) {
+	// supervisor's last thread has exited and closed its lock (its main thread shows
+	// as a zombie meanwhile): wait until the lock is free.
+	for lockHeld(t, filepath.Join(e.root, "vms", v.ID, "lock")) {
 		if time.Now().After(deadline) {
-			t.Fatal("the killed supervisor does not exit")
+			t.Fatalf("the killed supervisor's lock is still held, by: %v", lockHolders(filepath.Join(e.root, "vms", v.ID, "lock")))
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
@@ -399,16 +400,21 @@ func TestConsoleAndLogsFollow(t *testing.T) {
 	}
 }
 
-// exitedProcess reports whether pid has exited: gone, or a zombie (whose files,
-// locks included, are closed).
-func exitedProcess(pid int) bool {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+// lockHeld reports whether some process holds the flock on path (mvm's test of a
+// VM's life), taking and dropping it when it is free.
+func lockHeld(t *testing.T, path string) bool {
+	t.Helper()
+	f, err := os.Open(path)
 	if err != nil {
-		return true
+		return false
 	}
-	// The state follows the command name, which is in parentheses.
-	i := bytes.LastIndexByte(b, ')')
-	return i < 0 || i+2 >= len(b) || b[i+2] == 'Z' || b[i+2] == 'X'
+	defer f.Close()
+	err = syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB)
+	if err == nil {
+		_ = syscall.Flock(int(f.Fd()), syscall.LOCK_UN)
+		return false
+	}
+	return errors.Is(err, syscall.EWOULDBLOCK)
 }
 
 // lockHolders names the processes holding a lock on path (from /proc/locks), to say

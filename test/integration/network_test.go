@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net"
 	"os/exec"
+	"path/filepath"
 	"strings"
 	"sync"
 	"syscall"
@@ -294,7 +295,7 @@ func TestNetworking(t *testing.T) {
 	fmt.Sscan(sup[0], &pid)
 	syscall.Kill(pid, syscall.SIGKILL)
 	// The next command after the supervisor and its QEMU are gone must repair.
-	for deadline := time.Now().Add(10 * time.Second); !exitedProcess(pid) ||
+	for deadline := time.Now().Add(10 * time.Second); lockHeld(t, filepath.Join(e.root, "vms", crawler.ID, "lock")) ||
 		len(pidOf("qemu-system.*"+e.root+"/vms/"+crawler.ID)) > 0; time.Sleep(20 * time.Millisecond) {
 		if time.Now().After(deadline) {
 			t.Fatal("the killed supervisor or its QEMU does not exit")
