@@ -2,6 +2,7 @@ package cli
 
 import (
 	"fmt"
+	"io"
 	"os"
 
 	"github.com/spf13/cobra"
@@ -36,13 +37,7 @@ func newBenchCmd(a *app) *cobra.Command {
 			if asJSON {
 				return ui.JSON(a.stdout, rep)
 			}
-			t := ui.NewTable(a.stdout, "WHAT", "MEDIAN", "MIN", "MAX")
-			for _, s := range []bench.Series{rep.Baseline, rep.MVM, rep.MVMNet} {
-				if s.Name != "" {
-					t.Row(s.Name, fmt.Sprintf("%.0f ms", s.Median), fmt.Sprintf("%.0f ms", s.Min), fmt.Sprintf("%.0f ms", s.Max))
-				}
-			}
-			if err := t.Flush(); err != nil {
+			if err := seriesTable(a.stdout, rep.Baseline, rep.MVM, rep.MVMNet); err != nil {
 				return err
 			}
 			fmt.Fprintf(a.stdout, "ratio mvm/by-hand: %.3f (target <= 1.10), %d runs, accel %s\n", rep.Ratio, rep.Runs, rep.Accel)
@@ -167,11 +162,7 @@ the clone's own identity taken, and --parallel restores started at once.`,
 			if asJSON {
 				return ui.JSON(a.stdout, rep)
 			}
-			t := ui.NewTable(a.stdout, "WHAT", "MEDIAN", "MIN", "MAX")
-			for _, s := range []bench.Series{rep.ColdBoot, rep.Create, rep.Restore} {
-				t.Row(s.Name, fmt.Sprintf("%.0f ms", s.Median), fmt.Sprintf("%.0f ms", s.Min), fmt.Sprintf("%.0f ms", s.Max))
-			}
-			if err := t.Flush(); err != nil {
+			if err := seriesTable(a.stdout, rep.ColdBoot, rep.Create, rep.Restore); err != nil {
 				return err
 			}
 			fmt.Fprintf(a.stdout, "snapshot size %s; restore/cold ratio %.3f (target <= 0.15); %d restores at once: %.0f ms, %.1f VMs/s (network %s, accel %s, %d runs)\n",
@@ -184,4 +175,15 @@ the clone's own identity taken, and --parallel restores started at once.`,
 	c.Flags().StringVar(&network, "network", "none", "network of the VMs: none, default or a named one")
 	c.Flags().BoolVar(&asJSON, "json", false, "print the report as JSON")
 	return c
+}
+
+// seriesTable prints timed series (median, min, max in ms); unnamed ones were not run.
+func seriesTable(w io.Writer, series ...bench.Series) error {
+	t := ui.NewTable(w, "WHAT", "MEDIAN", "MIN", "MAX")
+	for _, s := range series {
+		if s.Name != "" {
+			t.Row(s.Name, fmt.Sprintf("%.0f ms", s.Median), fmt.Sprintf("%.0f ms", s.Min), fmt.Sprintf("%.0f ms", s.Max))
+		}
+	}
+	return t.Flush()
 }

@@ -41,34 +41,16 @@ each other. --dns sets the resolvers the gateway's DNS forwards to (default: the
 	create.Flags().BoolVar(&o.Isolated, "isolated", false, "VMs reach only their gateway, not each other")
 	create.Flags().StringArrayVar(&o.DNS, "dns", nil, "resolver the gateway's DNS forwards to, IP[:PORT] (repeatable)")
 
-	var asJSON bool
-	ls := &cobra.Command{
-		Use:   "ls",
-		Short: "List networks",
-		Args:  cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error {
-			rt, err := a.runtime()
-			if err != nil {
-				return err
-			}
-			nets, err := rt.Networks()
-			if err != nil {
-				return err
-			}
-			if asJSON {
-				if nets == nil {
-					nets = []runtime.NetworkInfo{}
-				}
-				return ui.JSON(a.stdout, nets)
-			}
-			t := ui.NewTable(a.stdout, "NAME", "SUBNET", "GATEWAY", "BRIDGE", "NAT", "ISOLATED", "VMS")
-			for _, n := range nets {
-				t.Row(n.Name, n.Subnet.String(), n.Gateway.String(), n.Bridge, yesNo(n.NAT), yesNo(n.Isolated), fmt.Sprint(len(n.VMs)))
-			}
-			return t.Flush()
+	ls := newListCmd(a, listSpec[runtime.NetworkInfo]{
+		short:    "List networks",
+		jsonHelp: "print a JSON array",
+		list:     (*runtime.Runtime).Networks,
+		view:     func(n runtime.NetworkInfo) any { return n },
+		header:   []string{"NAME", "SUBNET", "GATEWAY", "BRIDGE", "NAT", "ISOLATED", "VMS"},
+		row: func(n runtime.NetworkInfo) []string {
+			return []string{n.Name, n.Subnet.String(), n.Gateway.String(), n.Bridge, yesNo(n.NAT), yesNo(n.Isolated), fmt.Sprint(len(n.VMs))}
 		},
-	}
-	ls.Flags().BoolVar(&asJSON, "json", false, "print a JSON array")
+	})
 
 	var inspectJSON bool
 	inspect := &cobra.Command{

@@ -22,8 +22,8 @@ func newResumeCmd(a *app) *cobra.Command {
 	return perVMCmd(a, "resume NAME...", "Continue paused VMs", (*runtime.Runtime).Resume)
 }
 
-// perVMCmd is a command that applies op to each named VM in turn, printing each name
-// once done, and stops at the first failure.
+// perVMCmd is a command that applies op to each named VM (or snapshot, template) in
+// turn, printing each name once done, and stops at the first failure.
 func perVMCmd(a *app, use, short string, op func(*runtime.Runtime, context.Context, string) error) *cobra.Command {
 	return &cobra.Command{
 		Use:   use,
@@ -151,55 +151,19 @@ or truncated snapshot is refused.`,
 	}
 	create.Flags().StringVar(&name, "name", "", "snapshot name: a-z, 0-9 and '-' (required)")
 
-	var asJSON bool
-	ls := &cobra.Command{
-		Use:   "ls",
-		Short: "List snapshots",
-		Args:  cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error {
-			rt, err := a.runtime()
-			if err != nil {
-				return err
-			}
-			snaps, err := rt.Snapshots()
-			if err != nil {
-				return err
-			}
-			if asJSON {
-				views := make([]snapshotView, 0, len(snaps))
-				for _, s := range snaps {
-					views = append(views, snapshotViewOf(s))
-				}
-				return ui.JSON(a.stdout, views)
-			}
-			t := ui.NewTable(a.stdout, "NAME", "SOURCE", "CREATED", "SIZE", "IMAGE", "CPUS", "MEMORY", "NETWORK", "BACKEND")
-			for _, s := range snaps {
-				t.Row(s.Name, s.Source, ui.Duration(time.Since(s.CreatedAt))+" ago", vm.FormatBytes(s.SizeBytes), s.Image,
-					fmt.Sprint(s.CPUs), vm.FormatMiB(s.MemoryMiB), s.Network, s.Backend+" "+s.BackendVersion)
-			}
-			return t.Flush()
+	ls := newListCmd(a, listSpec[store.Snapshot]{
+		short:    "List snapshots",
+		jsonHelp: "print a JSON array (snake_case keys, stable for scripts)",
+		list:     (*runtime.Runtime).Snapshots,
+		view:     func(s store.Snapshot) any { return snapshotViewOf(s) },
+		header:   []string{"NAME", "SOURCE", "CREATED", "SIZE", "IMAGE", "CPUS", "MEMORY", "NETWORK", "BACKEND"},
+		row: func(s store.Snapshot) []string {
+			return []string{s.Name, s.Source, ui.Duration(time.Since(s.CreatedAt)) + " ago", vm.FormatBytes(s.SizeBytes), s.Image,
+				fmt.Sprint(s.CPUs), vm.FormatMiB(s.MemoryMiB), s.Network, s.Backend + " " + s.BackendVersion}
 		},
-	}
-	ls.Flags().BoolVar(&asJSON, "json", false, "print a JSON array (snake_case keys, stable for scripts)")
+	})
 
-	rm := &cobra.Command{
-		Use:   "rm NAME...",
-		Short: "Remove snapshots (VMs started from them go on)",
-		Args:  cobra.MinimumNArgs(1),
-		RunE: func(cmd *cobra.Command, args []string) error {
-			rt, err := a.runtime()
-			if err != nil {
-				return err
-			}
-			for _, n := range args {
-				if err := rt.SnapshotRemove(cmd.Context(), n); err != nil {
-					return err
-				}
-				fmt.Fprintln(a.stdout, n)
-			}
-			return nil
-		},
-	}
+	rm := perVMCmd(a, "rm NAME...", "Remove snapshots (VMs started from them go on)", (*runtime.Runtime).SnapshotRemove)
 	c.AddCommand(create, ls, rm)
 	return c
 }

@@ -141,39 +141,20 @@ func newTemplateCmd(a *app) *cobra.Command {
 		},
 	}
 
-	var asJSON bool
-	ls := &cobra.Command{
-		Use:   "ls",
-		Short: "List templates",
-		Args:  cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error {
-			rt, err := a.runtime()
-			if err != nil {
-				return err
+	ls := newListCmd(a, listSpec[store.Template]{
+		short:    "List templates",
+		jsonHelp: "print a JSON array (snake_case keys, stable for scripts)",
+		list:     (*runtime.Runtime).Templates,
+		view:     func(t store.Template) any { return templateViewOf(t) },
+		header:   []string{"NAME", "IMAGE", "CPUS", "MEMORY", "DATA", "NETWORK", "BUILT", "SNAPSHOT"},
+		row: func(tp store.Template) []string {
+			built, size := "no", "-"
+			if tp.Snapshot != nil {
+				built, size = ui.Duration(time.Since(tp.BuiltAt))+" ago", vm.FormatBytes(tp.Snapshot.SizeBytes)
 			}
-			tps, err := rt.Templates()
-			if err != nil {
-				return err
-			}
-			if asJSON {
-				views := make([]templateView, 0, len(tps))
-				for _, t := range tps {
-					views = append(views, templateViewOf(t))
-				}
-				return ui.JSON(a.stdout, views)
-			}
-			t := ui.NewTable(a.stdout, "NAME", "IMAGE", "CPUS", "MEMORY", "DATA", "NETWORK", "BUILT", "SNAPSHOT")
-			for _, tp := range tps {
-				built, size := "no", "-"
-				if tp.Snapshot != nil {
-					built, size = ui.Duration(time.Since(tp.BuiltAt))+" ago", vm.FormatBytes(tp.Snapshot.SizeBytes)
-				}
-				t.Row(tp.Name, tp.Image, fmt.Sprint(tp.CPUs), vm.FormatMiB(tp.MemoryMiB), orDash(dataDisk(tp.DataDiskMiB)), tp.Network, built, size)
-			}
-			return t.Flush()
+			return []string{tp.Name, tp.Image, fmt.Sprint(tp.CPUs), vm.FormatMiB(tp.MemoryMiB), orDash(dataDisk(tp.DataDiskMiB)), tp.Network, built, size}
 		},
-	}
-	ls.Flags().BoolVar(&asJSON, "json", false, "print a JSON array (snake_case keys, stable for scripts)")
+	})
 
 	var infoJSON bool
 	info := &cobra.Command{
@@ -239,24 +220,7 @@ func newTemplateCmd(a *app) *cobra.Command {
 	}
 	ef.register(edit, false)
 
-	rm := &cobra.Command{
-		Use:   "rm NAME...",
-		Short: "Remove templates and their snapshots (VMs started from them go on)",
-		Args:  cobra.MinimumNArgs(1),
-		RunE: func(cmd *cobra.Command, args []string) error {
-			rt, err := a.runtime()
-			if err != nil {
-				return err
-			}
-			for _, n := range args {
-				if err := rt.TemplateRemove(cmd.Context(), n); err != nil {
-					return err
-				}
-				fmt.Fprintln(a.stdout, n)
-			}
-			return nil
-		},
-	}
+	rm := perVMCmd(a, "rm NAME...", "Remove templates and their snapshots (VMs started from them go on)", (*runtime.Runtime).TemplateRemove)
 	c.AddCommand(create, build, ls, info, edit, rm)
 	return c
 }

@@ -60,8 +60,7 @@ func (r *Runtime) cleanupDead(rec vm.Record) {
 	}
 	// A VM that was waking and had not run yet still has its saved state: it sleeps on.
 	dir := r.Root.VM(rec.ID)
-	_, serr := os.Stat(dir.Sleep().Path(snapfile.MetaFile))
-	sleeping := serr == nil
+	sleeping := snapfile.Sealed(dir.Sleep().Dir)
 	if sleeping {
 		dir.RemoveRuntimeFilesKeepingDisks()
 	} else {

@@ -162,18 +162,25 @@ func (r *Runtime) Snapshots() ([]store.Snapshot, error) {
 	return out, err
 }
 
-// SnapshotRemove deletes a snapshot. VMs started from it are not affected (they have
-// their own disks); a restore reading it right now is waited for.
-func (r *Runtime) SnapshotRemove(ctx context.Context, name string) error {
+// snapshot returns the named snapshot, or an error naming how to find one.
+func (r *Runtime) snapshot(name string) (store.Snapshot, error) {
 	var snap store.Snapshot
-	if err := r.Store.View(func(tx *store.Tx) error {
+	err := r.Store.View(func(tx *store.Tx) error {
 		var err error
 		snap, err = tx.Snapshot(name)
 		return err
-	}); err != nil {
-		if errors.Is(err, store.ErrNotFound) {
-			return fmt.Errorf("no snapshot named %q: see `mvmctl snapshot ls`", name)
-		}
+	})
+	if errors.Is(err, store.ErrNotFound) {
+		return snap, fmt.Errorf("no snapshot named %q: see `mvmctl snapshot ls`", name)
+	}
+	return snap, err
+}
+
+// SnapshotRemove deletes a snapshot. VMs started from it are not affected (they have
+// their own disks); a restore reading it right now is waited for.
+func (r *Runtime) SnapshotRemove(ctx context.Context, name string) error {
+	snap, err := r.snapshot(name)
+	if err != nil {
 		return err
 	}
 	return r.removeSnapshotFiles(ctx, snap.ID, func(tx *store.Tx) error {
@@ -385,15 +392,8 @@ func (r *Runtime) resolveRestore(ctx context.Context, o *UpOptions) (*restoreSou
 	var snap *store.Snapshot
 	from := o.Snapshot
 	if o.Template != "" {
-		var tp store.Template
-		if err := r.Store.View(func(tx *store.Tx) error {
-			var err error
-			tp, err = tx.Template(o.Template)
-			return err
-		}); err != nil {
-			if errors.Is(err, store.ErrNotFound) {
-				return nil, fmt.Errorf("no template named %q: see `mvmctl template ls`", o.Template)
-			}
+		tp, err := r.Template(o.Template)
+		if err != nil {
 			return nil, err
 		}
 		if tp.Snapshot == nil {
@@ -403,16 +403,11 @@ func (r *Runtime) resolveRestore(ctx context.Context, o *UpOptions) (*restoreSou
 		}
 		snap, from = tp.Snapshot, "template:"+tp.Name
 	} else {
-		if err := r.Store.View(func(tx *store.Tx) error {
-			s, err := tx.Snapshot(o.Snapshot)
-			snap = &s
-			return err
-		}); err != nil {
-			if errors.Is(err, store.ErrNotFound) {
-				return nil, fmt.Errorf("no snapshot named %q: see `mvmctl snapshot ls`", o.Snapshot)
-			}
+		s, err := r.snapshot(o.Snapshot)
+		if err != nil {
 			return nil, err
 		}
+		snap = &s
 	}
 	s := o.Spec
 	var conflicts []string

@@ -216,6 +216,13 @@ func checkCanonical(data []byte, s sealed) error {
 	return nil
 }
 
+// Sealed reports whether dir holds a snapshot's metadata (a saved state that is
+// complete: WriteMeta comes last), without checking it.
+func Sealed(dir string) bool {
+	_, err := os.Stat(filepath.Join(dir, MetaFile))
+	return err == nil
+}
+
 // WriteMeta seals m and writes it to dir/meta.json with mode 0600. The write
 // is atomic (temporary file, fsync, rename, fsync of dir), so a crash leaves
 // either no meta.json or a complete one, never a torn one.

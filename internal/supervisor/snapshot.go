@@ -90,7 +90,7 @@ func (s *supervisor) openRestore(ctx context.Context) (*restoreSource, error) {
 		src.release()
 		return nil, fmt.Errorf("snapshot %s: %w", s.rec.FromSnapshot, err)
 	}
-	tok, err := readVerified(src.dir.Path(snapfile.FileToken), src.meta)
+	tok, err := readVerified(src.dir, snapfile.FileToken, src.meta)
 	if err != nil {
 		src.release()
 		return nil, err
@@ -99,20 +99,20 @@ func (s *supervisor) openRestore(ctx context.Context) (*restoreSource, error) {
 	return src, nil
 }
 
-// readVerified reads a small sealed file whole and checks it.
-func readVerified(path string, m snapfile.Meta) ([]byte, error) {
-	e, ok := m.File(snapfile.FileToken)
+// readVerified reads the small sealed file name of a snapshot whole and checks it.
+func readVerified(dir layout.SnapDir, name string, m snapfile.Meta) ([]byte, error) {
+	e, ok := m.File(name)
 	if !ok {
-		return nil, fmt.Errorf("snapshot has no %s: %w", snapfile.FileToken, snapfile.ErrTampered)
+		return nil, fmt.Errorf("snapshot has no %s: %w", name, snapfile.ErrTampered)
 	}
-	b, err := os.ReadFile(path)
+	b, err := os.ReadFile(dir.Path(name))
 	if err != nil {
 		return nil, err
 	}
 	d := snapfile.NewStreamDigest()
 	_, _ = d.Write(b)
 	if d.Sum() != e.Digest {
-		return nil, fmt.Errorf("snapshot %s: %w", snapfile.FileToken, snapfile.ErrTampered)
+		return nil, fmt.Errorf("snapshot %s: %w", name, snapfile.ErrTampered)
 	}
 	return b, nil
 }

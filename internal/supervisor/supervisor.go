@@ -652,7 +652,7 @@ func (s *supervisor) teardown(reason string) {
 	}
 	// A VM that went to sleep, or failed to wake before it ran, keeps its disks, its
 	// saved state and its address.
-	sleeping := s.asleep || fileExists(s.dir.Sleep().Path(snapfile.MetaFile))
+	sleeping := s.asleep || snapfile.Sealed(s.dir.Sleep().Dir)
 	if sleeping {
 		s.dir.RemoveRuntimeFilesKeepingDisks()
 	} else {
@@ -675,11 +675,6 @@ func (s *supervisor) teardown(reason string) {
 	if err != nil {
 		s.o.Log.Error("record exit", "err", err)
 	}
-}
-
-func fileExists(path string) bool {
-	_, err := os.Stat(path)
-	return err == nil
 }
 
 func listenUnix(path string) (net.Listener, error) {

@@ -21,6 +21,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/mvm-dev/mvm/internal/fcinstall"
 	"github.com/mvm-dev/mvm/internal/vmm"
 	"github.com/mvm-dev/mvm/internal/vmm/firecracker/fcapi"
 	"github.com/mvm-dev/mvm/internal/vmm/qemu"
@@ -139,16 +140,13 @@ var _ vmm.Backend = (*Backend)(nil)
 // New finds the firecracker binary and checks that KVM is usable, and says how
 // to fix it when either is missing.
 func New(opts Options) (*Backend, error) {
-	name := opts.Binary
-	if name == "" {
-		name = Binary
-		if opts.BinDir != "" {
-			if p, err := exec.LookPath(filepath.Join(opts.BinDir, Binary)); err == nil {
-				name = p
-			}
-		}
+	var bin string
+	var err error
+	if opts.Binary != "" {
+		bin, err = exec.LookPath(opts.Binary)
+	} else {
+		bin, err = fcinstall.Lookup(opts.BinDir, Binary) // where bootstrap --firecracker puts it, then PATH
 	}
-	bin, err := exec.LookPath(name)
 	if err != nil {
 		if opts.Binary != "" {
 			return nil, fmt.Errorf("%w (%s: %w)", ErrNotFound, opts.Binary, err)

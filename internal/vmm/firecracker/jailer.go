@@ -16,6 +16,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/mvm-dev/mvm/internal/fcinstall"
 	"github.com/mvm-dev/mvm/internal/vmm"
 	"github.com/mvm-dev/mvm/internal/vmm/firecracker/fcapi"
 )
@@ -233,11 +234,13 @@ func (b *Backend) planJail(j Jailer, cfg vmm.Config, vm VMOptions) (*jailPlan, e
 			return nil, fmt.Errorf("firecracker jailer: resource limit %q: want fsize=<bytes> or no-file=<count>", rl)
 		}
 	}
-	jailerBin := j.Binary
-	if jailerBin == "" {
-		jailerBin = JailerBinary
+	var jailerBin string
+	if j.Binary != "" {
+		jailerBin, err = exec.LookPath(j.Binary)
+	} else {
+		jailerBin, err = fcinstall.Lookup(b.opts.BinDir, JailerBinary) // beside firecracker, as bootstrap installs it
 	}
-	if jailerBin, err = exec.LookPath(jailerBin); err != nil {
+	if err != nil {
 		return nil, fmt.Errorf("firecracker jailer not found (it ships with firecracker in the release tarball): %w", err)
 	}
 
