@@ -130,7 +130,7 @@ func newUpCmd(a *app) *cobra.Command {
 	f.StringVar(&spec.Network, "network", vm.NetworkDefault, "network to join: default, one made with `mvmctl network create`, or none (no NIC)")
 	f.StringVar(&egress, "egress", "allow", "outbound traffic: allow, deny (only the gateway's DNS), or allow=HOST:PORT[,HOST:PORT...]\n"+
 		"(names are resolved when the VM starts)")
-	f.StringVar(&spec.Hypervisor, "hypervisor", vm.HypervisorAuto, "hypervisor: auto, qemu or firecracker")
+	f.StringVar(&spec.Hypervisor, "hypervisor", vm.HypervisorAuto, "hypervisor: auto (Firecracker where it and KVM are usable and the image's kernel fits it, else QEMU), qemu or firecracker")
 	f.BoolVarP(&detach, "detach", "d", false, "run in the background and return once the guest agent answers")
 	f.DurationVar(&bootTimeout, "boot-timeout", 2*time.Minute, "give up if the guest agent has not answered by then")
 	f.StringVar(&snapshot, "snapshot", "", "start from this snapshot (see `mvmctl snapshot ls`) instead of booting")

@@ -245,7 +245,13 @@ func (a *agentGuest) powerOff() {
 	unix.Sync()
 	_ = unix.Unmount("/mnt/data", 0)
 	_ = unix.Mount("", "/", "", unix.MS_REMOUNT|unix.MS_RDONLY, "")
-	if err := unix.Reboot(unix.LINUX_REBOOT_CMD_POWER_OFF); err != nil {
+	// Firecracker has no power management: it exits on a reset, and a powered-off
+	// guest would leave it running. Its backend asks for a reset instead.
+	cmd := unix.LINUX_REBOOT_CMD_POWER_OFF
+	if a.cmdline["mvm.poweroff"] == "reboot" {
+		cmd = unix.LINUX_REBOOT_CMD_RESTART
+	}
+	if err := unix.Reboot(cmd); err != nil {
 		a.log.Error("poweroff", "err", err)
 	}
 	select {} // the kernel stops us

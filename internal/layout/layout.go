@@ -134,7 +134,8 @@ func (v VMDir) ControlSocket() string { return v.path("ctl.sock") }
 
 // RuntimeFiles are removed when the VM stops: its sockets, secrets and ephemeral disks.
 func (v VMDir) RuntimeFiles() []string {
-	return []string{v.AgentSocket(), v.ConsoleSocket(), v.ControlSocket(), v.Token(), v.Secrets(), v.Config(), v.Rootfs()}
+	return []string{v.AgentSocket(), v.ConsoleSocket(), v.ControlSocket(), v.Token(), v.Secrets(), v.Config(), v.Rootfs(),
+		v.path("api.sock"), v.path("vsock.sock")} // Firecracker's (see vmm/firecracker)
 }
 
 // RemoveRuntimeFiles removes the runtime files and any staging directory a killed

@@ -154,15 +154,36 @@ func EnsureBridge(name string, gateway netip.Prefix) error {
 	return nil
 }
 
-// TAP is a VM's TAP device. It is non-persistent: the kernel removes it when the last
-// file descriptor closes, so a VM whose supervisor and hypervisor die leaves no TAP.
+// TAP is a VM's TAP device. A TAP made by CreateTAP is non-persistent: the kernel
+// removes it when the last file descriptor closes, so a VM whose supervisor and
+// hypervisor die leaves no TAP. One made by CreatePersistentTAP has no File and
+// stays until Close (or mvm's cleanup of a dead VM) deletes it.
 type TAP struct {
 	Name string
-	File *os.File // pass to the hypervisor
+	File *os.File // pass to the hypervisor; nil for a persistent TAP
 }
 
 // CreateTAP creates a TAP attached to bridge and up.
 func CreateTAP(name, bridge string) (*TAP, error) {
+	return createTAP(name, bridge, false)
+}
+
+// CreatePersistentTAP creates a TAP attached to bridge and up, for a hypervisor
+// that opens it by name itself (Firecracker). The descriptor that made it is
+// closed at once: a single-queue TAP admits one open descriptor, the
+// hypervisor's. A persistent TAP outlives a crash of everything using it, which
+// is why mvm's cleanup of a dead VM deletes its TAP by name.
+func CreatePersistentTAP(name, bridge string) (*TAP, error) {
+	t, err := createTAP(name, bridge, true)
+	if err != nil {
+		return nil, err
+	}
+	t.File.Close()
+	t.File = nil
+	return t, nil
+}
+
+func createTAP(name, bridge string, persist bool) (*TAP, error) {
 	br, err := netlink.LinkByName(bridge)
 	if err != nil {
 		return nil, fmt.Errorf("bridge %s: %w", bridge, err)
@@ -172,7 +193,7 @@ func CreateTAP(name, bridge string) (*TAP, error) {
 		Mode:       netlink.TUNTAP_MODE_TAP,
 		Flags:      netlink.TUNTAP_NO_PI | netlink.TUNTAP_VNET_HDR,
 		Queues:     1,
-		NonPersist: true,
+		NonPersist: !persist,
 	}
 	if err := netlink.LinkAdd(t); err != nil {
 		if errors.Is(err, unix.EPERM) {
@@ -189,13 +210,22 @@ func CreateTAP(name, bridge string) (*TAP, error) {
 	}
 	if err != nil {
 		t.Fds[0].Close()
+		if persist {
+			_ = DeleteLink(name)
+		}
 		return nil, fmt.Errorf("bring up TAP %s: %w", name, err)
 	}
 	return &TAP{Name: name, File: t.Fds[0]}, nil
 }
 
-// Close releases the TAP (the kernel deletes it once the hypervisor's copy closes too).
-func (t *TAP) Close() error { return t.File.Close() }
+// Close releases the TAP: the kernel deletes a non-persistent one once the
+// hypervisor's copy closes too; a persistent one is deleted here.
+func (t *TAP) Close() error {
+	if t.File == nil {
+		return DeleteLink(t.Name)
+	}
+	return t.File.Close()
+}
 
 // LinkExists reports whether a network interface exists.
 func LinkExists(name string) bool {

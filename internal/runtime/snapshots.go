@@ -17,6 +17,7 @@ import (
 	"github.com/mvm-dev/mvm/internal/store"
 	"github.com/mvm-dev/mvm/internal/supervisor"
 	"github.com/mvm-dev/mvm/internal/vm"
+	"github.com/mvm-dev/mvm/internal/vmm/firecracker"
 	"github.com/mvm-dev/mvm/internal/vmm/qemu"
 )
 
@@ -235,24 +236,37 @@ func (r *Runtime) openSnapshotDir(ctx context.Context, dir, what string) (snapfi
 
 // checkRestorable compares a snapshot's facts with this host's.
 func (r *Runtime) checkRestorable(ctx context.Context, m snapfile.Meta, what string) error {
-	if m.Backend != vm.HypervisorQEMU {
-		return fmt.Errorf("%s was taken on %s; this host restores QEMU snapshots only", what, m.Backend)
-	}
 	if m.AgentProto != proto.Version {
 		return fmt.Errorf("%s holds an agent speaking protocol %d, this mvm speaks %d: boot a new VM and take a new snapshot", what, m.AgentProto, proto.Version)
 	}
-	have, err := r.qemuVersion(ctx)
-	if err != nil {
-		return err
+	var have, accel string
+	var err error
+	switch m.Backend {
+	case vm.HypervisorQEMU:
+		if have, err = r.qemuVersion(ctx); err != nil {
+			return err
+		}
+		accel = qemu.DetectAccel().Name
+	case vm.HypervisorFirecracker:
+		b, err := firecracker.New(firecracker.HostOptions(r.Root.Bin()))
+		if err != nil {
+			return fmt.Errorf("%s was taken on Firecracker, which this host cannot run: %w", what, err)
+		}
+		if have, err = b.BinaryVersion(ctx); err != nil {
+			return err
+		}
+		accel = b.Accel()
+	default:
+		return fmt.Errorf("%s was taken on %q, a hypervisor this mvm does not know", what, m.Backend)
 	}
 	if have != m.BackendVersion {
-		return fmt.Errorf("%s was taken with QEMU %s and this host has QEMU %s, which cannot load another version's state reliably: boot a new VM and take a new snapshot", what, m.BackendVersion, have)
+		name := map[string]string{vm.HypervisorQEMU: "QEMU", vm.HypervisorFirecracker: "Firecracker"}[m.Backend]
+		return fmt.Errorf("%s was taken with %s %s and this host has %s %s, which cannot load another version's state reliably: boot a new VM and take a new snapshot", what, name, m.BackendVersion, name, have)
 	}
-	accel := qemu.DetectAccel()
-	if accel.Name != m.Accel {
-		return fmt.Errorf("%s was taken under %s and this host runs %s: restore it on a host like the one that took it", what, m.Accel, accel.Name)
+	if accel != m.Accel {
+		return fmt.Errorf("%s was taken under %s and this host runs %s: restore it on a host like the one that took it", what, m.Accel, accel)
 	}
-	if accel.Name == "kvm" {
+	if accel == "kvm" {
 		cpu, err := snapfile.HostCPU()
 		if err != nil {
 			return err

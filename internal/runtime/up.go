@@ -37,8 +37,9 @@ type UpOptions struct {
 	// cold-booted with its settings). Spec fields left zero are taken from it.
 	Snapshot, Template string
 
-	restore  *restoreSource // set by Prepare
-	prepared bool
+	restore     *restoreSource // set by Prepare
+	prepared    bool
+	backendNote string // why auto did not pick Firecracker, where that needs saying
 }
 
 // Started is a VM that answered.
@@ -73,11 +74,11 @@ func (r *Runtime) Validate(spec vm.Spec) error {
 		return err
 	}
 	if spec.Hypervisor == vm.HypervisorFirecracker {
-		// Say first what this host lacks (the binary, KVM), then what this build does.
-		if _, err := firecracker.New(firecracker.Options{BinDir: r.Root.Bin()}); err != nil {
+		// What this host lacks (the binary, KVM) comes first; the image's fit is
+		// checked once the image is known.
+		if _, err := firecracker.New(firecracker.HostOptions(r.Root.Bin())); err != nil {
 			return fmt.Errorf("--hypervisor firecracker: %w; or use --hypervisor qemu", err)
 		}
-		return errors.New("--hypervisor firecracker: firecracker and KVM are usable here, but this build does not run VMs on Firecracker yet: use --hypervisor qemu (or auto)")
 	}
 	if err := forward.CheckFree(spec.Ports); err != nil {
 		return err
@@ -90,13 +91,30 @@ func (r *Runtime) Validate(spec vm.Spec) error {
 			return errors.New("/dev/net/tun is missing: load the tun module (`modprobe tun`), or use --network none")
 		}
 	}
-	if _, err := r.Images.Get(spec.Image); err != nil {
+	img, err := r.Images.Get(spec.Image)
+	if err != nil {
 		return err
+	}
+	if spec.Hypervisor == vm.HypervisorFirecracker {
+		if err := r.firecrackerFits(img); err != nil {
+			return fmt.Errorf("--hypervisor firecracker: %w; or use --hypervisor qemu", err)
+		}
+		return nil // QEMU is not needed
 	}
 	if _, err := exec.LookPath(qemu.Binary); err != nil {
 		return fmt.Errorf("%s not found: run `mvmctl bootstrap`", qemu.Binary)
 	}
 	return nil
+}
+
+func joinNotices(a, b string) string {
+	switch {
+	case a == "":
+		return b
+	case b == "":
+		return a
+	}
+	return a + "; " + b
 }
 
 // Prepare completes and checks an up request without changing anything: a spec
@@ -126,9 +144,6 @@ func (r *Runtime) Up(ctx context.Context, o UpOptions) (*Started, error) {
 	if err := r.Prepare(ctx, &o); err != nil {
 		return nil, err
 	}
-	if o.Spec.Hypervisor == vm.HypervisorAuto {
-		o.Spec.Hypervisor = vm.HypervisorQEMU
-	}
 	imgRef := o.Spec.Image
 	if o.restore != nil {
 		imgRef = o.restore.meta.ImageDigest // the very image the snapshot booted
@@ -137,6 +152,11 @@ func (r *Runtime) Up(ctx context.Context, o UpOptions) (*Started, error) {
 	if err != nil {
 		return nil, err
 	}
+	backend, note, err := r.chooseBackend(o.Spec, img, o.restore)
+	if err != nil {
+		return nil, err
+	}
+	o.backendNote = note
 	if err := r.Root.EnsureDirs(); err != nil {
 		return nil, err
 	}
@@ -159,7 +179,7 @@ func (r *Runtime) Up(ctx context.Context, o UpOptions) (*Started, error) {
 		return nil, err
 	}
 
-	rec := vm.Record{ID: id, Spec: o.Spec, State: vm.StateCreating, Backend: vm.HypervisorQEMU,
+	rec := vm.Record{ID: id, Spec: o.Spec, State: vm.StateCreating, Backend: backend,
 		ImageRef: img.Digest, Kernel: img.KernelRelease, CreatedAt: time.Now().UTC(), Foreground: o.Foreground,
 		Template: o.Template}
 	if o.restore != nil {
@@ -337,10 +357,10 @@ func (r *Runtime) startSupervisor(ctx context.Context, rec vm.Record, lock *proc
 			}
 			switch s.Phase {
 			case supervisor.PhaseStarted:
-				st.Notice = s.Notice
+				st.Notice = joinNotices(o.backendNote, s.Notice)
 				if o.OnStarted != nil {
 					cur, _ := r.Get(rec.Spec.Name)
-					o.OnStarted(cur, s.Notice)
+					o.OnStarted(cur, st.Notice)
 				}
 			case supervisor.PhaseReady:
 				cur, err := r.Get(rec.Spec.Name)

@@ -27,6 +27,8 @@ var ErrTampered = errors.New("snapshot was modified or is incomplete")
 // Base names of the files a snapshot directory may hold besides meta.json.
 const (
 	FileMemory = "memory"
+	// FileState is Firecracker's device state; its guest memory is FileMemory.
+	FileState  = "state"
 	FileRootfs = "rootfs"
 	FileData   = "data"
 	FileToken  = "token"

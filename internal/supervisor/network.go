@@ -42,7 +42,11 @@ func (s *supervisor) setupNetwork(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	if s.tap, err = network.CreateTAP(s.rec.TAP, n.Bridge); err != nil {
+	createTAP := network.CreateTAP
+	if s.onFirecracker() {
+		createTAP = network.CreatePersistentTAP // Firecracker opens it by name
+	}
+	if s.tap, err = createTAP(s.rec.TAP, n.Bridge); err != nil {
 		return err
 	}
 	if n.Isolated {

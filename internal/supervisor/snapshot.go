@@ -15,7 +15,7 @@ import (
 	"github.com/mvm-dev/mvm/internal/procutil"
 	"github.com/mvm-dev/mvm/internal/snapfile"
 	"github.com/mvm-dev/mvm/internal/version"
-	"github.com/mvm-dev/mvm/internal/vm"
+	"github.com/mvm-dev/mvm/internal/vmm/firecracker"
 )
 
 // Snapshot kinds: a user snapshot or a template's (the VM goes on), or sleep (the VM
@@ -155,30 +155,47 @@ func (s *supervisor) restoreDisks(ctx context.Context, src *restoreSource) error
 // path; the VM is resumed only after verified reports a match, so a modified state
 // never runs a single instruction.
 func (src *restoreSource) memoryState() (*os.File, error) {
-	e, ok := src.meta.File(snapfile.FileMemory)
-	if !ok {
-		return nil, fmt.Errorf("snapshot has no memory file: %w", snapfile.ErrTampered)
-	}
-	path := src.dir.Path(snapfile.FileMemory)
-	f, err := os.Open(path)
+	f, err := os.Open(src.dir.Path(snapfile.FileMemory))
 	if err != nil {
 		return nil, err
+	}
+	if err := src.checkSealed(snapfile.FileMemory); err != nil {
+		f.Close()
+		return nil, err
+	}
+	return f, nil
+}
+
+// checkSealed checks the named saved-state files against the seal on another
+// core, for verified to report. Firecracker opens its two files itself, so only
+// the check is needed for it.
+func (src *restoreSource) checkSealed(names ...string) error {
+	want := make([]snapfile.Digest, len(names))
+	for n, name := range names {
+		e, ok := src.meta.File(name)
+		if !ok {
+			return fmt.Errorf("snapshot has no %s file: %w", name, snapfile.ErrTampered)
+		}
+		want[n] = e.Digest
 	}
 	src.memCheck = make(chan error, 1)
 	go func() {
 		begin := time.Now()
-		got, err := snapfile.DigestFile(path)
-		src.memCheckTook = time.Since(begin)
-		switch {
-		case err != nil:
-			src.memCheck <- fmt.Errorf("memory state: %w", err)
-		case got != e.Digest:
-			src.memCheck <- fmt.Errorf("memory state: %w", snapfile.ErrTampered)
-		default:
-			src.memCheck <- nil
+		defer func() { src.memCheckTook = time.Since(begin) }()
+		for n, name := range names {
+			got, err := snapfile.DigestFile(src.dir.Path(name))
+			switch {
+			case err != nil:
+				src.memCheck <- fmt.Errorf("saved state %s: %w", name, err)
+				return
+			case got != want[n]:
+				src.memCheck <- fmt.Errorf("saved state %s: %w", name, snapfile.ErrTampered)
+				return
+			}
 		}
+		src.memCheck <- nil
 	}()
-	return f, nil
+	return nil
 }
 
 // verified waits for the memory state's check (once; later calls return its result).
@@ -214,12 +231,12 @@ func (s *supervisor) identify(ctx context.Context, oldToken []byte) error {
 		taken, resumed := s.restore.meta.CreatedAt, s.restore.resumedAt
 		opts = append(opts, client.WithClock(func() time.Time { return taken.Add(time.Since(resumed)) }))
 	}
-	steps, err := client.New(s.link.open, oldToken, opts...).Identify(ctx, time.Now(), entropy, s.token)
+	steps, err := client.New(s.openAgent, oldToken, opts...).Identify(ctx, time.Now(), entropy, s.token)
 	if err != nil {
 		return fmt.Errorf("identify the restored guest: %w", err)
 	}
 	s.o.Log.Info("restored guest identified", "steps_ms", steps)
-	s.agent = client.New(s.link.open, s.token)
+	s.agent = client.New(s.openAgent, s.token)
 	if s.tap != nil {
 		if err := s.inst.Announce(ctx); err != nil {
 			s.o.Log.Warn("announce", "err", err)
@@ -262,13 +279,11 @@ func (s *supervisor) saveSnapshot(ctx context.Context, req SnapshotRequest) (res
 			}
 		}()
 	}
-	files := []snapfile.FileEntry{}
 	t := time.Now()
-	memD, err := saveTo(dir.Path(snapfile.FileMemory), func(w io.Writer) error { return s.inst.SaveState(ctx, w) })
+	files, err := s.saveState(ctx, dir)
 	if err != nil {
 		return res, fmt.Errorf("save state: %w", err)
 	}
-	files = append(files, snapfile.FileEntry{Name: snapfile.FileMemory, Digest: memD})
 	res.SaveMs = ms(time.Since(t))
 	t = time.Now()
 	disks := []struct{ name, path string }{{snapfile.FileRootfs, s.dir.Rootfs()}}
@@ -300,7 +315,7 @@ func (s *supervisor) saveSnapshot(ctx context.Context, req SnapshotRequest) (res
 	meta := snapfile.Meta{
 		Format: snapfile.Format, ID: req.ID, Name: req.Name, Kind: req.Kind, Source: s.rec.Spec.Name,
 		CreatedAt: time.Now().UTC(), MvmVersion: version.String(), AgentProto: proto.Version,
-		Backend: vm.HypervisorQEMU, BackendVersion: bver, Accel: s.accel.Name,
+		Backend: s.rec.Backend, BackendVersion: bver, Accel: s.accel.Name,
 		CPUModel: cpu.Model, CPUFlags: cpu.Flags,
 		ImageDigest: s.rec.ImageRef, Kernel: s.rec.Kernel,
 		CPUs: s.rec.Spec.CPUs, MemoryMiB: s.rec.Spec.MemoryMiB, DataDiskMiB: s.rec.Spec.DataDiskMiB,
@@ -312,6 +327,43 @@ func (s *supervisor) saveSnapshot(ctx context.Context, req SnapshotRequest) (res
 	res.Meta = meta
 	res.SizeBytes = layout.DiskUsage(dir.Dir)
 	return res, nil
+}
+
+// saveState saves the paused VM's device and memory state into dir: QEMU's as
+// one stream, Firecracker's as the two files it writes itself.
+func (s *supervisor) saveState(ctx context.Context, dir layout.SnapDir) ([]snapfile.FileEntry, error) {
+	fc, ok := s.inst.(*firecracker.Instance)
+	if !ok {
+		d, err := saveTo(dir.Path(snapfile.FileMemory), func(w io.Writer) error { return s.inst.SaveState(ctx, w) })
+		if err != nil {
+			return nil, err
+		}
+		return []snapfile.FileEntry{{Name: snapfile.FileMemory, Digest: d}}, nil
+	}
+	names := []string{snapfile.FileState, snapfile.FileMemory}
+	removeAll := func() {
+		for _, n := range names {
+			_ = os.Remove(dir.Path(n))
+		}
+	}
+	if err := fc.CreateSnapshot(ctx, dir.Path(snapfile.FileState), dir.Path(snapfile.FileMemory)); err != nil {
+		removeAll()
+		return nil, err
+	}
+	var files []snapfile.FileEntry
+	for _, n := range names {
+		if err := os.Chmod(dir.Path(n), 0o600); err != nil {
+			removeAll()
+			return nil, err
+		}
+		d, err := snapfile.DigestFile(dir.Path(n))
+		if err != nil {
+			removeAll()
+			return nil, err
+		}
+		files = append(files, snapfile.FileEntry{Name: n, Digest: d})
+	}
+	return files, nil
 }
 
 // saveTo writes a new snapshot file (0600) through fn and returns its digest.

@@ -20,6 +20,7 @@ import (
 
 	"github.com/mvm-dev/mvm/internal/agent/client"
 	"github.com/mvm-dev/mvm/internal/agent/hybrid"
+	"github.com/mvm-dev/mvm/internal/agent/link"
 	"github.com/mvm-dev/mvm/internal/agent/proto"
 	"github.com/mvm-dev/mvm/internal/dnsfwd"
 	"github.com/mvm-dev/mvm/internal/drive"
@@ -52,24 +53,27 @@ type Options struct {
 const DefaultStopTimeout = 10 * time.Second
 
 type supervisor struct {
-	o        Options
-	st       *store.Store
-	dir      layout.VMDir
-	rec      vm.Record
-	token    []byte
-	tap      *network.TAP
-	inst     vmm.Instance
-	accel    qemu.Accel
-	link     *agentLink
-	agent    *client.Client
-	stopLink chan struct{}
-	conLog   *rotatingLog
-	hub      *consoleHub
-	lns      []net.Listener
-	ports    []forward.Listener
-	dns      *dnsfwd.Forwarder
-	stopCh   chan time.Duration
-	status   *json.Encoder
+	o     Options
+	st    *store.Store
+	dir   layout.VMDir
+	rec   vm.Record
+	token []byte
+	tap   *network.TAP
+	inst  vmm.Instance
+	accel qemu.Accel
+	link  *link.Keeper // QEMU's virtio-serial link; nil on Firecracker
+	// openAgent opens a stream to the guest agent: on the link, or a hybrid-vsock
+	// connection through Firecracker.
+	openAgent func(ctx context.Context) (net.Conn, error)
+	agent     *client.Client
+	stopLink  chan struct{}
+	conLog    *rotatingLog
+	hub       *consoleHub
+	lns       []net.Listener
+	ports     []forward.Listener
+	dns       *dnsfwd.Forwarder
+	stopCh    chan time.Duration
+	status    *json.Encoder
 
 	// opMu serialises what changes the VM's run state: pause, resume, snapshot, sleep.
 	opMu   sync.Mutex
@@ -196,10 +200,14 @@ func (s *supervisor) start(ctx context.Context) error {
 		}
 		defer s.restore.release()
 		// Checked from now on, beside the disks' copies and the hypervisor's start.
-		if mem, err = s.restore.memoryState(); err != nil {
+		if s.onFirecracker() {
+			err = s.restore.checkSealed(snapfile.FileState, snapfile.FileMemory)
+		} else if mem, err = s.restore.memoryState(); err == nil {
+			defer mem.Close()
+		}
+		if err != nil {
 			return err
 		}
-		defer mem.Close()
 	}
 	phase("prepare")
 	if err := s.prepareDrives(ctx, img); err != nil {
@@ -212,27 +220,15 @@ func (s *supervisor) start(ctx context.Context) error {
 		}
 		phase("network")
 	}
-	backend, err := qemu.New()
-	if err != nil {
-		return err
-	}
-	s.accel = backend.AccelInfo()
 	cfg := vmm.Config{
 		Name: s.rec.Spec.Name, CPUs: s.rec.Spec.CPUs, MemoryMiB: s.rec.Spec.MemoryMiB,
 		Kernel: img.Path(image.FileKernel), Initrd: img.Path(image.FileInitrd),
 		KernelArgs: ContractArgs(s.rec),
 		Drives:     s.drives(),
 		MAC:        s.rec.MAC,
-		ExtraPorts: []string{proto.BulkPortName},
 		Stderr:     &logWriter{log: log},
 	}
-	if s.tap != nil {
-		cfg.TAP = s.tap.File
-	}
-	if mem != nil {
-		cfg.RestoreFrom = mem
-	}
-	if s.inst, err = backend.Start(ctx, cfg); err != nil {
+	if s.inst, err = s.startHypervisor(ctx, cfg, mem); err != nil {
 		if s.restore != nil {
 			// A modified state often fails the load itself: say what was wrong with it.
 			if verr := s.restore.verified(ctx); verr != nil {
@@ -402,37 +398,53 @@ func (s *supervisor) connectAgent(ctx context.Context, restoredWith []byte) erro
 		case <-ctx.Done():
 		}
 	}()
-	s.link = newAgentLink(ch.Serial, s.o.Log)
-	if err := s.link.dial(ctx, restoredWith != nil); err != nil {
-		return s.bootError(ctx, exited, err)
+	if ch.HybridSocket != "" {
+		s.openAgent = hybridAgent{socket: ch.HybridSocket}.open
+	} else {
+		s.link = link.NewKeeper(ch.Serial, s.o.Log)
+		if err := s.link.Dial(ctx, restoredWith != nil); err != nil {
+			return s.bootError(ctx, exited, err)
+		}
+		s.openAgent = s.link.Open
 	}
 	if restoredWith != nil {
-		s.o.Log.Debug("agent link up")
+		s.o.Log.Debug("agent channel up")
 		if err := s.identify(ctx, restoredWith); err != nil {
 			return s.bootError(ctx, exited, err)
 		}
 	} else {
-		s.agent = client.New(s.link.open, s.token)
-		if _, err := s.agent.Ping(ctx); err != nil {
+		s.agent = client.New(s.openAgent, s.token)
+		ping := func(ctx context.Context) error { _, err := s.agent.Ping(ctx); return err }
+		if s.link == nil {
+			ping = func(ctx context.Context) error { return waitAgent(ctx, s.agent) }
+		}
+		if err := ping(ctx); err != nil {
 			return s.bootError(ctx, exited, fmt.Errorf("agent ping: %w", err))
 		}
 		if err := s.agent.SetTime(ctx, time.Now()); err != nil {
 			s.o.Log.Warn("set guest clock", "err", err)
 		}
 	}
-	s.stopLink = make(chan struct{})
-	go s.link.keep(s.stopLink)
+	if s.link != nil {
+		s.stopLink = make(chan struct{})
+		go s.link.Keep(s.stopLink)
+	}
 	l, err := listenUnix(s.dir.AgentSocket())
 	if err != nil {
 		return err
 	}
 	s.lns = append(s.lns, l)
-	bulk := hybrid.NewExclusive(s.inst.Ports()[0])
+	// The bulk channel is a virtio-serial port of QEMU's; on Firecracker the
+	// agent has its vsock port only, and copies travel in frames on it.
+	var bulk *hybrid.Exclusive
+	if ports := s.inst.Ports(); len(ports) > 0 {
+		bulk = hybrid.NewExclusive(ports[0])
+	}
 	go hybrid.Serve(context.Background(), l, func(ctx context.Context, port uint32) (net.Conn, error) {
-		switch port {
-		case proto.AgentPort:
-			return s.link.open(ctx)
-		case proto.BulkPort:
+		switch {
+		case port == proto.AgentPort:
+			return s.openAgent(ctx)
+		case port == proto.BulkPort && bulk != nil:
 			return bulk.Attach()
 		}
 		return nil, hybrid.ErrNoListener
@@ -498,7 +510,9 @@ func (s *supervisor) control(req ControlRequest) ControlResponse {
 	fail := func(err error) ControlResponse { return ControlResponse{Error: err.Error()} }
 	switch req.Op {
 	case "relink":
-		s.link.reset()
+		if s.link != nil {
+			s.link.Reset()
+		}
 	case "stop":
 		t := time.Duration(req.TimeoutMs) * time.Millisecond
 		switch {
@@ -638,7 +652,7 @@ func (s *supervisor) teardown(reason string) {
 	}
 	if s.link != nil {
 		close(s.stopLink)
-		s.link.close()
+		s.link.Close()
 	}
 	if s.hub != nil {
 		s.inst.Console().Close()

@@ -29,6 +29,8 @@ type env struct {
 	t    *testing.T
 	root string
 	ns   string
+	// vars are extra environment variables for every mvmctl this env runs.
+	vars []string
 }
 
 func newEnv(t *testing.T) *env {
@@ -99,7 +101,7 @@ func (e *env) runWith(stdin []byte, extraEnv []string, args ...string) result {
 	cmd := exec.CommandContext(ctx, "ip", full...)
 	var so, se bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &so, &se
-	cmd.Env = append(os.Environ(), extraEnv...)
+	cmd.Env = append(append(os.Environ(), e.vars...), extraEnv...)
 	if stdin != nil {
 		cmd.Stdin = bytes.NewReader(stdin)
 	}
@@ -130,11 +132,42 @@ func (e *env) start(args ...string) (*exec.Cmd, *bytes.Buffer, *bytes.Buffer) {
 	cmd := exec.Command("ip", full...)
 	var so, se bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &so, &se
+	cmd.Env = append(os.Environ(), e.vars...)
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	if err := cmd.Start(); err != nil {
 		e.t.Fatal(err)
 	}
 	return cmd, &so, &se
+}
+
+// upForegroundThenCtrlC runs `up` in the foreground for the VM name until it is
+// ready, sends SIGINT as Ctrl-C would, waits for mvmctl to finish and returns the
+// console output it streamed.
+func (e *env) upForegroundThenCtrlC(name string, args ...string) string {
+	e.t.Helper()
+	cmd, out, errb := e.start(append([]string{"up", "--name", name}, args...)...)
+	deadline := time.Now().Add(2 * time.Minute)
+	for !strings.Contains(errb.String(), name+" is running") {
+		if time.Now().After(deadline) {
+			cmd.Process.Kill()
+			e.t.Fatalf("no ready line: %s", errb.String())
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	// Signal mvmctl itself (ip netns exec runs it in the same process group).
+	syscall.Kill(-cmd.Process.Pid, syscall.SIGINT)
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+	select {
+	case err := <-done:
+		if err != nil {
+			e.t.Fatalf("foreground up exited with %v: %s", err, errb.String())
+		}
+	case <-time.After(60 * time.Second):
+		cmd.Process.Kill()
+		e.t.Fatal("foreground up did not stop on SIGINT")
+	}
+	return out.String()
 }
 
 // inNS runs a host command inside the test's namespace.

@@ -341,30 +341,9 @@ func TestCLIKilledDuringUp(t *testing.T) {
 func TestForegroundCtrlC(t *testing.T) {
 	t.Parallel()
 	e := newEnv(t)
-	cmd, out, errb := e.start("up", "--name", "fg", "--network", "none")
-	deadline := time.Now().Add(2 * time.Minute)
-	for !strings.Contains(errb.String(), "fg is running") {
-		if time.Now().After(deadline) {
-			cmd.Process.Kill()
-			t.Fatalf("no ready line: %s", errb.String())
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
-	// Signal mvmctl itself (ip netns exec runs it in the same process group).
-	syscall.Kill(-cmd.Process.Pid, syscall.SIGINT)
-	done := make(chan error, 1)
-	go func() { done <- cmd.Wait() }()
-	select {
-	case err := <-done:
-		if err != nil {
-			t.Fatalf("foreground up exited with %v: %s", err, errb.String())
-		}
-	case <-time.After(60 * time.Second):
-		cmd.Process.Kill()
-		t.Fatal("foreground up did not stop on SIGINT")
-	}
-	if !strings.Contains(out.String(), "mvm-agent: ready") || !strings.Contains(out.String(), "poweroff requested") {
-		t.Errorf("console output: %q", out.String())
+	out := e.upForegroundThenCtrlC("fg", "--network", "none")
+	if !strings.Contains(out, "mvm-agent: ready") || !strings.Contains(out, "poweroff requested") {
+		t.Errorf("console output: %q", out)
 	}
 	if v := e.vm("fg"); v.State != "exited" {
 		t.Errorf("state after Ctrl-C: %+v", v)

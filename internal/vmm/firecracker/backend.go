@@ -16,6 +16,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"slices"
 	"strings"
 	"syscall"
@@ -46,8 +47,10 @@ const ifaceID = "eth0"
 
 // consoleArgs are the kernel arguments Firecracker's guests need: the serial
 // console Firecracker emulates, a reboot through the i8042 controller (which
-// makes Firecracker exit), and a panic that reboots and so also ends it.
-const consoleArgs = "console=ttyS0 reboot=k panic=1"
+// makes Firecracker exit), a panic that reboots and so also ends it, and
+// mvm-agent's power-off done as a reboot (Firecracker has no power management,
+// so a guest that powers off would leave it running).
+const consoleArgs = "console=ttyS0 reboot=k panic=1 mvm.poweroff=reboot"
 
 // startTimeout bounds the wait for the API socket: Firecracker answers within
 // tens of milliseconds, so a long wait means it is stuck.
@@ -87,8 +90,30 @@ type Options struct {
 	// directly; VMOptions.Jailer overrides it per VM. See jailer.go.
 	Jailer *Jailer
 
+	// TestDouble accepts mvm's QEMU-backed Firecracker test double
+	// (internal/vmm/firecracker/qemudouble) as the binary, for tests of
+	// everything above the backend on hosts without Firecracker: the KVM check
+	// is skipped, since the double emulates with TCG where KVM is not usable.
+	// The binary must name itself the double in its --version output, so a real
+	// Firecracker is never started without KVM. See HostOptions.
+	TestDouble bool
+
 	// detect probes the host for KVM; nil means qemu.DetectAccel. Tests set it.
 	detect func() qemu.Accel
+}
+
+// EnvTestDouble, set to 1, makes HostOptions accept the test double. Only the
+// test suite sets it.
+const EnvTestDouble = "MVM_FIRECRACKER_TEST_DOUBLE"
+
+// TestDoubleMarker is what the test double prints in its --version output.
+const TestDoubleMarker = "mvm-test-double"
+
+// HostOptions are the options mvm runs Firecracker with: the binary from
+// binDir (where bootstrap installs it) or PATH, and the test double only when
+// EnvTestDouble asks for it.
+func HostOptions(binDir string) Options {
+	return Options{BinDir: binDir, TestDouble: os.Getenv(EnvTestDouble) == "1"}
 }
 
 // VMOptions are the per-VM settings vmm.Config has no room for.
@@ -131,6 +156,7 @@ type Snapshot struct {
 type Backend struct {
 	binary string
 	opts   Options
+	accel  string
 	// launch starts a firecracker process; tests replace it with a fake.
 	launch launchFunc
 }
@@ -160,6 +186,12 @@ func New(opts Options) (*Backend, error) {
 	if detect == nil {
 		detect = qemu.DetectAccel
 	}
+	if opts.TestDouble {
+		if err := checkTestDouble(bin); err != nil {
+			return nil, err
+		}
+		return &Backend{binary: bin, opts: opts, launch: execLaunch, accel: detect().Name}, nil
+	}
 	if a := detect(); a.Name != "kvm" {
 		reason := a.Reason
 		if reason == "" {
@@ -167,14 +199,52 @@ func New(opts Options) (*Backend, error) {
 		}
 		return nil, fmt.Errorf("%w: %s", ErrNoKVM, reason)
 	}
-	return &Backend{binary: bin, opts: opts, launch: execLaunch}, nil
+	return &Backend{binary: bin, opts: opts, launch: execLaunch, accel: "kvm"}, nil
+}
+
+// checkTestDouble refuses a binary that does not say it is the test double.
+func checkTestDouble(bin string) error {
+	out, err := exec.Command(bin, "--version").Output()
+	if err != nil {
+		return fmt.Errorf("%s=1 but %s --version failed: %w", EnvTestDouble, bin, err)
+	}
+	if !strings.Contains(string(out), TestDoubleMarker) {
+		return fmt.Errorf("%s=1 but %s is not mvm's test double (no %q in its --version): a real Firecracker needs KVM", EnvTestDouble, bin, TestDoubleMarker)
+	}
+	return nil
 }
 
 // Name implements vmm.Backend.
 func (b *Backend) Name() string { return "firecracker" }
 
-// Accel implements vmm.Backend: Firecracker only runs on KVM.
-func (b *Backend) Accel() string { return "kvm" }
+// Accel implements vmm.Backend: Firecracker only runs on KVM (the test double
+// reports what it emulates with).
+func (b *Backend) Accel() string {
+	if b.accel == "" {
+		return "kvm"
+	}
+	return b.accel
+}
+
+// versionRE finds the release in `firecracker --version` ("Firecracker v1.13.1").
+var versionRE = regexp.MustCompile(`\bv([0-9]+\.[0-9]+\.[0-9]+)\b`)
+
+// BinaryVersion is the release of the firecracker binary in use, as its API's
+// GET /version reports it (1.13.1), which is what snapshots record.
+func (b *Backend) BinaryVersion(ctx context.Context) (string, error) {
+	out, err := exec.CommandContext(ctx, b.binary, "--version").Output()
+	if err != nil {
+		return "", fmt.Errorf("%s --version: %w", b.binary, err)
+	}
+	m := versionRE.FindStringSubmatch(string(out))
+	if m == nil {
+		return "", fmt.Errorf("%s --version: no version in %q", b.binary, strings.TrimSpace(string(out)))
+	}
+	return m[1], nil
+}
+
+// IsTestDouble says the binary is mvm's QEMU-backed test double.
+func (b *Backend) IsTestDouble() bool { return b.opts.TestDouble }
 
 // BinaryPath is the firecracker executable in use.
 func (b *Backend) BinaryPath() string { return b.binary }
@@ -222,9 +292,18 @@ func (b *Backend) StartVM(ctx context.Context, cfg vmm.Config, vm VMOptions) (*I
 		return nil, fmt.Errorf("firecracker: VM directory: %w", err)
 	}
 	apiSock := filepath.Join(dir, APISocketName)
-	vsock := filepath.Join(dir, VsockName)
+	// Firecracker runs in dir and is given the vsock socket and the drives inside
+	// dir as relative paths. A snapshot records them as given, and Firecracker
+	// opens them again on load relative to the loading process's directory: a
+	// clone restored in its own directory binds its own socket and opens its own
+	// disks, where absolute paths would reach for the original VM's.
+	vsockFC := VsockName
 	if vm.Restore != nil && vm.Restore.VsockPath != "" {
-		vsock = vm.Restore.VsockPath
+		vsockFC = vm.Restore.VsockPath
+	}
+	vsock := vsockFC
+	if !filepath.IsAbs(vsock) {
+		vsock = filepath.Join(dir, vsock)
 	}
 	for _, p := range []string{apiSock, vsock} {
 		if len(p) > maxSocketPath {
@@ -267,13 +346,14 @@ func (b *Backend) StartVM(ctx context.Context, cfg vmm.Config, vm VMOptions) (*I
 		return nil, err
 	}
 	proc, err := b.launch(launchSpec{Binary: b.binary, APISocket: apiSock, ID: instanceID(cfg.Name),
-		Console: theirs, Stderr: cfg.Stderr})
+		Console: theirs, Stderr: cfg.Stderr, Dir: dir})
 	theirs.Close() // the process has its own copy
 	if err != nil {
 		console.Close()
 		return nil, err
 	}
-	inst := &Instance{proc: proc, api: fcapi.New(apiSock), console: console, vsock: vsock, dir: dir}
+	cfg.Drives = relativeTo(dir, cfg.Drives)
+	inst := &Instance{proc: proc, api: fcapi.New(apiSock), console: console, vsock: vsock, vsockFC: vsockFC, dir: dir}
 	fail := func(err error) (*Instance, error) {
 		// Clean up even when ctx has ended; SIGKILL takes effect promptly.
 		kctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
@@ -350,7 +430,13 @@ func (i *Instance) boot(ctx context.Context, cfg vmm.Config, logger fcapi.Logger
 			}
 			return i.api.PutNetworkInterface(ctx, fcapi.NetworkInterface{IfaceID: ifaceID, HostDevName: tap, GuestMAC: cfg.MAC})
 		}},
-		{"vsock", func() error { return i.api.PutVsock(ctx, fcapi.Vsock{GuestCID: GuestCID, UDSPath: i.fcPath(i.vsock)}) }},
+		{"vsock", func() error {
+			uds := i.vsockFC
+			if uds == "" {
+				uds = i.fcPath(i.vsock)
+			}
+			return i.api.PutVsock(ctx, fcapi.Vsock{GuestCID: GuestCID, UDSPath: uds})
+		}},
 		{"entropy device", func() error { return i.api.PutEntropy(ctx, fcapi.Entropy{}) }},
 		{"instance start", func() error { return i.api.InstanceStart(ctx) }},
 	}
@@ -404,6 +490,21 @@ func drives(in []vmm.Drive) []fcapi.Drive {
 	out := make([]fcapi.Drive, 0, len(in))
 	for n, d := range in {
 		out = append(out, fcapi.Drive{DriveID: driveID(n), PathOnHost: d.Path, IsReadOnly: d.ReadOnly})
+	}
+	return out
+}
+
+// relativeTo gives the drives inside dir as paths relative to it (see StartVM);
+// others stay as they are.
+func relativeTo(dir string, in []vmm.Drive) []vmm.Drive {
+	out := slices.Clone(in)
+	for n, d := range out {
+		if !filepath.IsAbs(d.Path) {
+			continue
+		}
+		if rel, err := filepath.Rel(dir, d.Path); err == nil && rel != ".." && !strings.HasPrefix(rel, "../") {
+			out[n].Path = rel
+		}
 	}
 	return out
 }

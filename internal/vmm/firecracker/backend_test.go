@@ -26,7 +26,7 @@ func TestStartConfiguresInDocumentedOrder(t *testing.T) {
 		t.Fatal(err)
 	}
 	vmDir := filepath.Join(h.dir, "web1")
-	bootArgs := strings.Join(contractArgs, " ") + " reboot=k"
+	bootArgs := strings.Join(contractArgs, " ") + " reboot=k mvm.poweroff=reboot"
 	equalCalls(t, configCalls(h.server(0)), []call{
 		{"PUT", "/logger", body(t, fmt.Sprintf(`{"log_path": %q}`, filepath.Join(vmDir, LogName)))},
 		{"PUT", "/machine-config", body(t, `{"vcpu_count": 2, "mem_size_mib": 256}`)},
@@ -37,7 +37,7 @@ func TestStartConfiguresInDocumentedOrder(t *testing.T) {
 		{"PUT", "/drives/vdc", body(t, fmt.Sprintf(`{"drive_id": "vdc", "path_on_host": %q, "is_root_device": false, "is_read_only": true}`, cfg.Drives[2].Path))},
 		{"PUT", "/drives/vdd", body(t, fmt.Sprintf(`{"drive_id": "vdd", "path_on_host": %q, "is_root_device": false, "is_read_only": false}`, cfg.Drives[3].Path))},
 		{"PUT", "/network-interfaces/eth0", body(t, `{"iface_id": "eth0", "host_dev_name": "mvmtap7", "guest_mac": "06:00:0a:00:00:02"}`)},
-		{"PUT", "/vsock", body(t, fmt.Sprintf(`{"guest_cid": 3, "uds_path": %q}`, filepath.Join(vmDir, VsockName)))},
+		{"PUT", "/vsock", body(t, fmt.Sprintf(`{"guest_cid": 3, "uds_path": %q}`, VsockName))},
 		{"PUT", "/entropy", body(t, `{}`)},
 		{"PUT", "/actions", body(t, `{"action_type": "InstanceStart"}`)},
 	})
@@ -45,7 +45,7 @@ func TestStartConfiguresInDocumentedOrder(t *testing.T) {
 		t.Errorf("state %q, want %q", got, fakefc.StateRunning)
 	}
 	spec := h.specs[0]
-	if spec.APISocket != filepath.Join(vmDir, APISocketName) || spec.ID != "web1" || spec.Binary != "/nonexistent/firecracker" {
+	if spec.APISocket != filepath.Join(vmDir, APISocketName) || spec.ID != "web1" || spec.Binary != "/nonexistent/firecracker" || spec.Dir != vmDir {
 		t.Errorf("launched with %+v", spec)
 	}
 	if got := inst.Agent(); got.HybridSocket != filepath.Join(vmDir, VsockName) || got.Serial != nil {
@@ -114,6 +114,26 @@ func TestDrives(t *testing.T) {
 	}
 }
 
+// Drives in the VM's directory are given relative to it, so that a snapshot
+// records paths a clone in another directory resolves to its own copies.
+func TestDrivesInVMDirAreRelative(t *testing.T) {
+	h := newHarness(t, fakefc.WithoutFileChecks())
+	cfg := h.config()
+	vmDir := filepath.Join(h.dir, "web1")
+	cfg.Drives[0].Path = filepath.Join(vmDir, "rootfs.ext4")
+	cfg.Drives[1].Path = filepath.Join(vmDir, "sub", "config.ext4")
+	outside := cfg.Drives[2].Path
+	if _, err := h.backend().StartVM(context.Background(), cfg, VMOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	got := h.server(0).Config().Drives
+	for id, want := range map[string]string{"vda": "rootfs.ext4", "vdb": "sub/config.ext4", "vdc": outside} {
+		if got[id]["path_on_host"] != want {
+			t.Errorf("drive %s: path_on_host %v, want %s", id, got[id]["path_on_host"], want)
+		}
+	}
+}
+
 func TestDriveID(t *testing.T) {
 	for n, want := range map[int]string{0: "vda", 3: "vdd", 25: "vdz", 26: "vdaa", 27: "vdab"} {
 		if got := driveID(n); got != want {
@@ -128,9 +148,9 @@ func TestBootArgs(t *testing.T) {
 		contract []string
 		want     string
 	}{
-		{"empty", nil, "console=ttyS0 reboot=k panic=1"},
-		{"contract already has console and panic", contractArgs, strings.Join(contractArgs, " ") + " reboot=k"},
-		{"contract without them", []string{"quiet", "mvm.hostname=a"}, "quiet mvm.hostname=a console=ttyS0 reboot=k panic=1"},
+		{"empty", nil, "console=ttyS0 reboot=k panic=1 mvm.poweroff=reboot"},
+		{"contract already has console and panic", contractArgs, strings.Join(contractArgs, " ") + " reboot=k mvm.poweroff=reboot"},
+		{"contract without them", []string{"quiet", "mvm.hostname=a"}, "quiet mvm.hostname=a console=ttyS0 reboot=k panic=1 mvm.poweroff=reboot"},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {

@@ -17,7 +17,10 @@ type Instance struct {
 	proc    process
 	api     *fcapi.Client
 	console net.Conn
-	vsock   string
+	vsock   string // the host's path of the hybrid-vsock socket
+	// vsockFC is the vsock uds_path as given to Firecracker, relative to its
+	// working directory; empty under the jailer (see fcPath).
+	vsockFC string
 	dir     string
 	// jail is set when Firecracker runs under the jailer: the paths it is
 	// given are then inside its chroot.

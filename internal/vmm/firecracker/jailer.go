@@ -72,13 +72,17 @@ const (
 // where a link cannot be made and the file is only read), owned by UID/GID
 // where Firecracker must write them. Every path handed to the API is then
 // relative to the chroot. Instance.RemoveJail and Backend.RemoveJail remove
-// the VM's jail afterwards; the jailer never cleans up.
+// the VM's jail and its cgroup afterwards; the jailer never cleans up.
 //
 // --daemonize and --new-pid-ns are not offered: with either the process mvm
 // started exits at once (and --daemonize sends the console to /dev/null),
-// so it could no longer be waited for. Note that a jailed Firecracker does
-// not die with mvm's supervisor: the kernel clears the parent-death signal
-// when the jailer switches uid.
+// so it could no longer be waited for.
+//
+// A jailed Firecracker does not die with mvm's supervisor: the kernel clears
+// the parent-death signal when the jailer switches uid. What ends it is its
+// cgroup (<cgroup v2 mount>/<ParentCgroup>/<VM name>): Instance.Kill writes
+// its cgroup.kill as well as signalling the process, and after a supervisor
+// died, Backend.KillJail ends what it left in the cgroup.
 type Jailer struct {
 	// Binary is the jailer executable: a path, or a name looked up on PATH.
 	// Empty means "jailer" on PATH. It must be the same release as firecracker.
@@ -109,6 +113,11 @@ type Jailer struct {
 	// ResourceLimits are --resource-limit values: fsize=<bytes> or
 	// no-file=<count>. None leaves the jailer's default (no-file=2048).
 	ResourceLimits []string
+
+	// cgroupMount is where cgroup v2 is mounted; empty means the first
+	// cgroup2 mount in /proc/self/mountinfo, as the jailer finds it. Tests
+	// point it at a directory of their own.
+	cgroupMount string
 }
 
 // jail is one VM's chroot on the host.
@@ -118,6 +127,9 @@ type jail struct {
 	root string // dir/root: "/" for the jailed Firecracker
 	uid  int
 	gid  int
+	// cgroup is the VM's cgroup v2 directory the jailer makes,
+	// <mount>/<parent cgroup>/<id>; RemoveJail removes it too.
+	cgroup string
 }
 
 // hostPath is where a path given to the jailed Firecracker lies on the host.
@@ -190,8 +202,12 @@ func (b *Backend) locateJail(j Jailer, name string) (jail, string, error) {
 	if name := filepath.Base(exe); !strings.Contains(name, "firecracker") {
 		return jail{}, "", fmt.Errorf("firecracker jailer: the jailer only runs a binary whose name contains \"firecracker\", and %s is named %q", exe, name)
 	}
+	cg, err := b.jailCgroup(j, name, exe)
+	if err != nil {
+		return jail{}, "", err
+	}
 	dir := filepath.Join(base, filepath.Base(exe), name)
-	return jail{base: base, dir: dir, root: filepath.Join(dir, "root"), uid: j.UID, gid: j.GID}, exe, nil
+	return jail{base: base, dir: dir, root: filepath.Join(dir, "root"), uid: j.UID, gid: j.GID, cgroup: cg}, exe, nil
 }
 
 // planJail checks everything about a jailed launch before anything is made.
@@ -219,11 +235,7 @@ func (b *Backend) planJail(j Jailer, cfg vmm.Config, vm VMOptions) (*jailPlan, e
 			return nil, fmt.Errorf("firecracker jailer: network namespace %s does not exist (ip netns add makes one under /var/run/netns): %w", j.NetNS, err)
 		}
 	}
-	if p := j.ParentCgroup; p != "" {
-		if filepath.IsAbs(p) || hasDotComponent(p) {
-			return nil, fmt.Errorf("firecracker jailer: parent cgroup %q must be a relative path without . or ..", p)
-		}
-	}
+	// locateJail has checked ParentCgroup, building the VM's cgroup path.
 	cgroups, err := cgroupValues(j, cfg)
 	if err != nil {
 		return nil, err
@@ -364,9 +376,11 @@ func (b *Backend) startJailed(ctx context.Context, cfg vmm.Config, vm VMOptions,
 	theirs.Close() // the process has its own copy
 	if err != nil {
 		console.Close()
-		_ = p.remove()
+		_ = p.removeAll() // the jailer may have made the cgroup before failing
 		return nil, err
 	}
+	// Kill goes through the VM's cgroup too.
+	proc = jailedProcess{process: proc, cgroup: p.cgroup}
 	inst := &Instance{proc: proc, api: fcapi.New(p.apiSocket), console: console, vsock: p.vsockHost,
 		dir: p.root, jail: &p.jail}
 	fail := func(err error) (*Instance, error) {
@@ -377,7 +391,7 @@ func (b *Backend) startJailed(ctx context.Context, cfg vmm.Config, vm VMOptions,
 		inst.api.Close()
 		console.Close()
 		if kerr == nil {
-			_ = p.remove() // only once nothing runs in it
+			_ = p.removeAll() // only once nothing runs in it
 		}
 		return nil, err
 	}
@@ -400,15 +414,15 @@ func (b *Backend) startJailed(ctx context.Context, cfg vmm.Config, vm VMOptions,
 // the paths as the jailed Firecracker sees them. On failure it removes what
 // it made.
 func (p *jailPlan) prepare(ctx context.Context, cfg vmm.Config, vm VMOptions) (jcfg vmm.Config, err error) {
-	if _, err := os.Lstat(p.dir); err == nil {
-		// Left by an earlier run of this VM: the jailer would reuse it, and
-		// fail on its pid file. Refuse only if a Firecracker still serves in it.
-		if socketAnswers(p.apiSocket) {
-			return jcfg, fmt.Errorf("firecracker jailer: a Firecracker is still serving in %s", p.dir)
-		}
-		if err := p.remove(); err != nil {
-			return jcfg, err
-		}
+	if _, err := os.Lstat(p.dir); err == nil && socketAnswers(p.apiSocket) {
+		return jcfg, fmt.Errorf("firecracker jailer: a Firecracker is still serving in %s", p.dir)
+	}
+	// A jail or cgroup left by an earlier run of this VM: the jailer would
+	// reuse both, failing on the old pid file, or running the new VM beside
+	// whatever still runs in the old cgroup (which a Kill of the new one
+	// would then end too). removeAll refuses a cgroup still in use.
+	if err := p.removeAll(); err != nil {
+		return jcfg, err
 	}
 	if err := os.MkdirAll(filepath.Dir(p.dir), 0o755); err != nil {
 		return jcfg, fmt.Errorf("firecracker jailer: %w", err)
@@ -657,6 +671,16 @@ func (j *jail) remove() error {
 	return nil
 }
 
+// removeAll removes the VM's cgroup, then its chroot. A cgroup that still
+// has processes in it (after a brief retry) stops it with an error, and the
+// chroot stays: nothing is removed from under a running jail.
+func (j *jail) removeAll() error {
+	if err := removeCgroupDir(j.cgroup, rmdir, cgroupRmdirTries, cgroupRmdirWait); err != nil {
+		return err
+	}
+	return j.remove()
+}
+
 // createJailedSnapshot has the jailed Firecracker write the snapshot inside
 // its chroot, then moves the files to the caller's paths.
 func (i *Instance) createJailedSnapshot(ctx context.Context, statePath, memPath string) error {
@@ -737,10 +761,11 @@ func openRegular(path string) (*os.File, error) {
 	return f, nil
 }
 
-// RemoveJail removes the VM's chroot (its <base>/<exec>/<name> directory
-// only) once Firecracker has exited. It does nothing for a VM not run under
-// the jailer. Writable disks hard linked into it keep their data: only the
-// links go. The jailer's cgroup directory is left for the system to reap.
+// RemoveJail removes the VM's cgroup directory and its chroot (its
+// <base>/<exec>/<name> directory only) once Firecracker has exited. It does
+// nothing for a VM not run under the jailer. Writable disks hard linked into
+// it keep their data: only the links go. It fails, leaving the chroot, if
+// the cgroup still has processes in it after a brief retry.
 func (i *Instance) RemoveJail() error {
 	if i.jail == nil {
 		return nil
@@ -750,12 +775,14 @@ func (i *Instance) RemoveJail() error {
 	default:
 		return errors.New("firecracker jailer: Firecracker is still running; Kill it before removing its jail")
 	}
-	return i.jail.remove()
+	return i.jail.removeAll()
 }
 
-// RemoveJail removes the chroot the jailer made for the VM called name, as
-// configured by vm.Jailer or Options.Jailer, when no Instance is at hand (after
-// a supervisor restart). It refuses while a Firecracker serves in it.
+// RemoveJail removes the cgroup and the chroot the jailer made for the VM
+// called name, as configured by vm.Jailer or Options.Jailer, when no Instance
+// is at hand (after a supervisor restart). It refuses while a Firecracker
+// serves in the chroot or processes remain in the cgroup: after a supervisor
+// died, call KillJail first. What is gone already is not an error.
 func (b *Backend) RemoveJail(name string, vm VMOptions) error {
 	j := b.jailerFor(vm)
 	if j == nil {
@@ -765,11 +792,32 @@ func (b *Backend) RemoveJail(name string, vm VMOptions) error {
 	if err != nil {
 		return err
 	}
-	if _, err := os.Lstat(loc.dir); errors.Is(err, fs.ErrNotExist) {
-		return nil
-	}
-	if socketAnswers(loc.hostPath(jailAPISocket)) {
+	if _, err := os.Lstat(loc.dir); err == nil && socketAnswers(loc.hostPath(jailAPISocket)) {
 		return fmt.Errorf("firecracker jailer: a Firecracker is still serving in %s", loc.dir)
 	}
-	return loc.remove()
+	return loc.removeAll()
+}
+
+// KillJail SIGKILLs every process in the cgroup the jailer made for the VM
+// called name (as configured by vm.Jailer or Options.Jailer) and waits until
+// the cgroup is empty or ctx ends. It writes cgroup.kill; on a kernel without
+// it (before Linux 5.14) it kills the PIDs the cgroup lists.
+//
+// It is for a VM whose supervisor died: the jailer's uid switch cleared
+// Firecracker's parent-death signal, so the jailed Firecracker outlived the
+// supervisor, and the cgroup is what still holds it. mvm's reconcile, which
+// finds such VMs, calls KillJail and then RemoveJail. It kills whatever runs
+// in the VM's cgroup, so it must not be called for a VM a live supervisor
+// runs. A VM without a cgroup (never started, or removed) has nothing to
+// kill.
+func (b *Backend) KillJail(ctx context.Context, name string, vm VMOptions) error {
+	j := b.jailerFor(vm)
+	if j == nil {
+		return errors.New("firecracker jailer: no jailer configured")
+	}
+	dir, err := b.jailCgroup(*j, name, "")
+	if err != nil {
+		return err
+	}
+	return killCgroup(ctx, dir)
 }

@@ -69,9 +69,12 @@ func parseJailerArgs(t *testing.T, argv []string) jailerArgs {
 // jailLaunch stands in for the jailer: it does to the chroot what the jailer
 // documents (create <base>/<exec name>/<id>/root with dev/ and run/ owned by
 // uid:gid, copy the exec file in, write its pid file, which fails if one is
-// left over) and then serves a fake Firecracker API at --api-sock inside the
-// chroot, resolving every path it is given inside it.
-func (h *harness) jailLaunch(spec launchSpec) (process, error) {
+// left over), makes the VM's cgroup directory <cgroup mount>/<parent>/<id>
+// under the fake mount (empty, so that rmdir works as on cgroupfs) and then
+// serves a fake Firecracker API at --api-sock inside the chroot, resolving
+// every path it is given inside it.
+func (s *jailSetup) jailLaunch(spec launchSpec) (process, error) {
+	h := s.harness
 	t := h.t
 	if len(spec.Argv) == 0 {
 		t.Fatalf("jailed launch without an argv: %+v", spec)
@@ -102,6 +105,13 @@ func (h *harness) jailLaunch(spec launchSpec) (process, error) {
 		return nil, fmt.Errorf("fake jailer: %w", err)
 	}
 	pid.Close()
+	parent := filepath.Base(exe)
+	if v, ok := a.flags["--parent-cgroup"]; ok {
+		parent = v[0]
+	}
+	if err := os.MkdirAll(filepath.Join(s.cgroupMount, parent, a.one(t, "--id")), 0o755); err != nil {
+		return nil, fmt.Errorf("fake jailer: %w", err)
+	}
 	sock := "/run/firecracker.socket"
 	if len(a.extra) == 2 && a.extra[0] == "--api-sock" {
 		sock = a.extra[1]
@@ -132,23 +142,27 @@ func (h *harness) jailLaunch(spec launchSpec) (process, error) {
 // jailSetup is a harness with a jailer configuration and its files.
 type jailSetup struct {
 	*harness
-	base   string // the chroot base
-	fcBin  string
-	jailer Jailer
+	base        string // the chroot base
+	cgroupMount string // a directory standing in for the cgroup v2 mount
+	fcBin       string
+	jailer      Jailer
 }
 
 func newJailSetup(t *testing.T) *jailSetup {
 	t.Helper()
 	h := newHarness(t)
-	s := &jailSetup{harness: h, base: filepath.Join(h.dir, "jail"), fcBin: h.file("firecracker")}
-	if err := os.Mkdir(s.base, 0o755); err != nil {
-		t.Fatal(err)
+	s := &jailSetup{harness: h, base: filepath.Join(h.dir, "jail"), cgroupMount: filepath.Join(h.dir, "cgroup"),
+		fcBin: h.file("firecracker")}
+	for _, d := range []string{s.base, s.cgroupMount} {
+		if err := os.Mkdir(d, 0o755); err != nil {
+			t.Fatal(err)
+		}
 	}
 	jb := filepath.Join(h.dir, "jailer")
 	if err := os.WriteFile(jb, []byte("#!/bin/false\n"), 0o755); err != nil {
 		t.Fatal(err)
 	}
-	s.jailer = Jailer{Binary: jb, ChrootBaseDir: s.base, UID: testUID, GID: testGID}
+	s.jailer = Jailer{Binary: jb, ChrootBaseDir: s.base, UID: testUID, GID: testGID, cgroupMount: s.cgroupMount}
 	return s
 }
 
@@ -159,6 +173,12 @@ func (s *jailSetup) backend() *Backend {
 
 func (s *jailSetup) root(name string) string {
 	return filepath.Join(s.base, "firecracker", name, "root")
+}
+
+// cgroup is the VM's cgroup directory under the fake mount, with the
+// jailer's default parent cgroup.
+func (s *jailSetup) cgroup(name string) string {
+	return filepath.Join(s.cgroupMount, "firecracker", name)
 }
 
 // fileMode makes a file with content and mode, owned by root.
@@ -253,7 +273,7 @@ func TestJailedBoot(t *testing.T) {
 	// Every path handed to Firecracker is inside its chroot.
 	srv := s.server(0)
 	checkJailedPaths(t, srv, s.dir)
-	bootArgs := strings.Join(contractArgs, " ") + " reboot=k"
+	bootArgs := strings.Join(contractArgs, " ") + " reboot=k mvm.poweroff=reboot"
 	equalCalls(t, configCalls(srv), []call{
 		{"PUT", "/logger", body(t, `{"log_path": "/firecracker.log"}`)},
 		{"PUT", "/machine-config", body(t, `{"vcpu_count": 2, "mem_size_mib": 256}`)},
@@ -343,6 +363,22 @@ func TestJailerArgvOptions(t *testing.T) {
 	}
 	if got := a.one(t, "--parent-cgroup"); got != "mvm.slice/vms" {
 		t.Errorf("--parent-cgroup %q", got)
+	}
+	cg := filepath.Join(s.cgroupMount, "mvm.slice", "vms", "web1")
+	if _, err := os.Stat(cg); err != nil {
+		t.Fatalf("the (fake) jailer made no cgroup: %v", err)
+	}
+	// The fake cgroup has neither cgroup.kill nor cgroup.procs: as if it
+	// went while being looked at, which is nothing to kill.
+	if err := s.backend().KillJail(context.Background(), "web1", VMOptions{}); err != nil {
+		t.Errorf("KillJail: %v", err)
+	}
+	s.proc(0).exit(-1)
+	if err := s.backend().RemoveJail("web1", VMOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(cg); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("the cgroup under the parent cgroup is still there: %v", err)
 	}
 	if got := a.flags["--resource-limit"]; !reflect.DeepEqual(got, s.jailer.ResourceLimits) {
 		t.Errorf("--resource-limit %q", got)
@@ -594,6 +630,11 @@ func TestRemoveJail(t *testing.T) {
 	if err := os.Mkdir(keepShared, 0o700); err != nil {
 		t.Fatal(err)
 	}
+	for _, n := range []string{"web1", "web2"} {
+		if _, err := os.Stat(s.cgroup(n)); err != nil {
+			t.Fatalf("the (fake) jailer made no cgroup for %s: %v", n, err)
+		}
+	}
 	j1 := inst1.(*Instance)
 	if err := j1.RemoveJail(); err == nil || !strings.Contains(err.Error(), "still running") {
 		t.Fatalf("RemoveJail of a running VM: %v", err)
@@ -607,7 +648,11 @@ func TestRemoveJail(t *testing.T) {
 	if _, err := os.Stat(filepath.Join(s.base, "firecracker", "web1")); !errors.Is(err, os.ErrNotExist) {
 		t.Errorf("web1's jail is still there: %v", err)
 	}
-	for _, p := range []string{keep, keepShared, s.root("web2"), cfg1.Kernel, cfg1.Drives[0].Path, s.fcBin} {
+	if _, err := os.Stat(s.cgroup("web1")); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("web1's cgroup is still there: %v", err)
+	}
+	for _, p := range []string{keep, keepShared, s.root("web2"), cfg1.Kernel, cfg1.Drives[0].Path, s.fcBin,
+		s.cgroup("web2"), filepath.Dir(s.cgroup("web1"))} {
 		if _, err := os.Stat(p); err != nil {
 			t.Errorf("RemoveJail took %s: %v", p, err)
 		}
@@ -626,8 +671,26 @@ func TestRemoveJail(t *testing.T) {
 	if _, err := os.Stat(filepath.Join(s.base, "firecracker", "web2")); !errors.Is(err, os.ErrNotExist) {
 		t.Errorf("web2's jail is still there: %v", err)
 	}
+	if _, err := os.Stat(s.cgroup("web2")); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("web2's cgroup is still there: %v", err)
+	}
 	if err := b.RemoveJail("web2", VMOptions{}); err != nil {
 		t.Errorf("RemoveJail of a gone jail: %v", err)
+	}
+
+	// A cgroup that cannot go (here not empty; on cgroupfs, busy) keeps the
+	// chroot too, and is reported.
+	if err := os.MkdirAll(s.root("web3"), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.MkdirAll(filepath.Join(s.cgroup("web3"), "child"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.RemoveJail("web3", VMOptions{}); err == nil || !strings.Contains(err.Error(), "remove cgroup") {
+		t.Errorf("RemoveJail with a cgroup that cannot go: %v", err)
+	}
+	if _, err := os.Stat(s.root("web3")); err != nil {
+		t.Errorf("the chroot went although its cgroup stayed: %v", err)
 	}
 	if err := b.RemoveJail("../keep", VMOptions{}); err == nil {
 		t.Error("RemoveJail took a name that is not an id")
@@ -638,6 +701,41 @@ func TestRemoveJail(t *testing.T) {
 	// A VM not run under the jailer has nothing to remove.
 	if err := (&Instance{}).RemoveJail(); err != nil {
 		t.Errorf("RemoveJail without a jail: %v", err)
+	}
+}
+
+func TestJailedKillGoesThroughCgroup(t *testing.T) {
+	needRoot(t)
+	s := newJailSetup(t)
+	ctx := context.Background()
+	inst, err := s.backend().Start(ctx, s.config())
+	if err != nil {
+		t.Fatal(err)
+	}
+	kill := filepath.Join(s.cgroup("web1"), "cgroup.kill")
+	if err := os.WriteFile(kill, nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := inst.Kill(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if got, err := os.ReadFile(kill); err != nil || string(got) != "1" {
+		t.Errorf("cgroup.kill holds %q (%v), want \"1\"", got, err)
+	}
+	select {
+	case <-s.proc(0).Done():
+	default:
+		t.Error("the process mvm started was not killed as well")
+	}
+	// cgroupfs takes cgroup.kill away with the directory; the fake cannot.
+	if err := os.Remove(kill); err != nil {
+		t.Fatal(err)
+	}
+	if err := inst.(*Instance).RemoveJail(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(s.cgroup("web1")); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("the cgroup is still there: %v", err)
 	}
 }
 
@@ -685,6 +783,23 @@ func TestJailedStaleJailAndFailures(t *testing.T) {
 		}
 		if _, err := os.Stat(filepath.Join(s.base, "firecracker", "web1")); !errors.Is(err, os.ErrNotExist) {
 			t.Errorf("jail left after a failed start: %v", err)
+		}
+		if _, err := os.Stat(s.cgroup("web1")); !errors.Is(err, os.ErrNotExist) {
+			t.Errorf("cgroup left after a failed start: %v", err)
+		}
+	})
+	t.Run("stale cgroup in use refused", func(t *testing.T) {
+		s := newJailSetup(t)
+		// Not empty: rmdir fails as it does on a busy cgroup (there EBUSY).
+		if err := os.MkdirAll(filepath.Join(s.cgroup("web1"), "child"), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		_, err := s.backend().Start(context.Background(), s.config())
+		if err == nil || !strings.Contains(err.Error(), "remove cgroup "+s.cgroup("web1")) {
+			t.Fatalf("err %v", err)
+		}
+		if len(s.specs) != 0 {
+			t.Error("launched into a cgroup still in use")
 		}
 	})
 	t.Run("missing drive removes jail", func(t *testing.T) {

@@ -23,6 +23,10 @@ type launchSpec struct {
 	// Console is the guest's serial console: Firecracker's stdin and stdout.
 	Console *os.File
 	Stderr  io.Writer
+	// Dir is the process's working directory: relative paths given to its API
+	// (drives, the vsock socket) resolve there, and so do the same relative
+	// paths recorded in a snapshot when another VM's directory loads it.
+	Dir string
 }
 
 // process is a started Firecracker: the real one, or a fake in tests.
@@ -48,12 +52,14 @@ type execProcess struct {
 }
 
 // execLaunch runs the firecracker binary. It dies with its parent (PDEATHSIG),
-// so a killed supervisor never leaves a hypervisor behind.
+// so a killed supervisor never leaves a hypervisor behind; under the jailer the
+// uid switch clears PDEATHSIG, and the VM's cgroup ends it instead (see Jailer).
 func execLaunch(spec launchSpec) (process, error) {
 	cmd := exec.Command(spec.Binary, "--api-sock", spec.APISocket, "--id", spec.ID)
 	if len(spec.Argv) > 0 {
 		cmd = exec.Command(spec.Argv[0], spec.Argv[1:]...)
 	}
+	cmd.Dir = spec.Dir
 	cmd.Stdin = spec.Console
 	cmd.Stdout = spec.Console
 	cmd.Stderr = spec.Stderr

@@ -1,8 +1,8 @@
 // Package fakefc is a test tool: an in-process fake of the Firecracker 1.13
 // API server, listening on a Unix socket, that enforces the documented request
 // rules so code driving Firecracker can be tested where Firecracker cannot run.
-// It boots nothing and runs no guest. It never stands in for Firecracker
-// outside tests.
+// By itself it boots nothing and runs no guest; a Machine (WithMachine) can
+// run one behind it. It never stands in for Firecracker outside tests.
 //
 // The rules come from Firecracker's API description
 // (src/firecracker/swagger/firecracker.yaml) and its request handling:
@@ -14,11 +14,16 @@
 //
 // Where the fake's wording differs from Firecracker's it keeps the meaning;
 // tests should match on fragments, not whole messages.
+//
+// New ties a fake to a test. NewServer makes one without a test, for the
+// QEMU test double (internal/vmm/firecracker/qemudouble), which serves this
+// contract from a program and runs the guest through a Machine.
 package fakefc
 
 import (
 	"bytes"
 	"encoding/json"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
@@ -52,6 +57,8 @@ type Recorded struct {
 	Raw []byte
 	// Status is the status the fake answered with.
 	Status int
+	// Fault is the fault_message of an error answer.
+	Fault string
 }
 
 // Config is a copy of what has been configured, as JSON-decoded maps.
@@ -72,8 +79,10 @@ type Option func(*options)
 
 type options struct {
 	id, version, socketPath string
-	root                    string
+	root, workDir           string
 	fileChecks              bool
+	machine                 Machine
+	requestLog              func(Recorded)
 }
 
 // WithInstanceID sets the id GET / reports (Firecracker's --id).
@@ -96,10 +105,14 @@ func WithoutFileChecks() Option { return func(o *options) { o.fileChecks = false
 // the jailer sees only its chroot. Without it paths are the host's.
 func WithRoot(root string) Option { return func(o *options) { o.root = root } }
 
+// WithRequestLog calls f with every request once it has been answered, for a
+// program that logs its API traffic. f runs on the request's goroutine.
+func WithRequestLog(f func(Recorded)) Option { return func(o *options) { o.requestLog = f } }
+
 // Server is a fake Firecracker API server. Its methods are safe for
 // concurrent use.
 type Server struct {
-	tb      testing.TB
+	tb      testing.TB // nil when made by NewServer
 	opts    options
 	schemas map[string]schema
 	dir     string
@@ -108,6 +121,7 @@ type Server struct {
 	srv     *http.Server
 	done    chan struct{}
 	once    sync.Once
+	ended   chan struct{} // closed after the answer to a failed load
 
 	mu       sync.Mutex
 	state    string
@@ -122,6 +136,7 @@ type Server struct {
 type config struct {
 	bootSource, machine, vsock, logger, metrics, entropy, balloon map[string]any
 	drives, ifaces                                                map[string]map[string]any
+	driveOrder                                                    []string // ids, as first configured
 }
 
 type fault struct {
@@ -132,12 +147,23 @@ type fault struct {
 // New starts a fake on a Unix socket and stops it when the test ends.
 func New(tb testing.TB, opts ...Option) *Server {
 	tb.Helper()
+	s, err := NewServer(opts...)
+	if err != nil {
+		tb.Fatalf("fakefc: %v", err)
+	}
+	s.tb = tb
+	tb.Cleanup(s.Close)
+	return s
+}
+
+// NewServer starts a fake on a Unix socket. The caller stops it with Close.
+func NewServer(opts ...Option) (*Server, error) {
 	o := options{id: "anonymous-instance", version: "1.13.0", fileChecks: true}
 	for _, opt := range opts {
 		opt(&o)
 	}
 	s := &Server{
-		tb: tb, opts: o, schemas: schemas(), state: StateNotStarted, done: make(chan struct{}),
+		opts: o, schemas: schemas(), state: StateNotStarted, done: make(chan struct{}), ended: make(chan struct{}),
 		cfg: config{drives: map[string]map[string]any{}, ifaces: map[string]map[string]any{}},
 	}
 	s.sock = o.socketPath
@@ -145,7 +171,7 @@ func New(tb testing.TB, opts ...Option) *Server {
 		// Not tb.TempDir: its paths can pass the 108-byte limit of a socket path.
 		dir, err := os.MkdirTemp("", "fakefc-")
 		if err != nil {
-			tb.Fatalf("fakefc: %v", err)
+			return nil, err
 		}
 		s.dir, s.sock = dir, filepath.Join(dir, "api.sock")
 	}
@@ -154,7 +180,7 @@ func New(tb testing.TB, opts ...Option) *Server {
 		if s.dir != "" {
 			_ = os.RemoveAll(s.dir)
 		}
-		tb.Fatalf("fakefc: listen: %v", err)
+		return nil, fmt.Errorf("listen: %w", err)
 	}
 	s.ln = ln
 	s.srv = &http.Server{Handler: s, ReadHeaderTimeout: 5 * time.Second}
@@ -162,8 +188,7 @@ func New(tb testing.TB, opts ...Option) *Server {
 		defer close(s.done)
 		_ = s.srv.Serve(ln) // returns once Close runs
 	}()
-	tb.Cleanup(s.Close)
-	return s
+	return s, nil
 }
 
 // SocketPath is the path of the API socket.
@@ -202,6 +227,11 @@ func (s *Server) Exited() bool {
 	return s.exited
 }
 
+// Ended is closed once the fake has ended the way Firecracker does after a
+// failed snapshot load (see Exited), after its answer to that request has
+// been sent: a program serving the fake exits then.
+func (s *Server) Ended() <-chan struct{} { return s.ended }
+
 // Config returns a copy of the configured resources.
 func (s *Server) Config() Config {
 	s.mu.Lock()
@@ -211,7 +241,8 @@ func (s *Server) Config() Config {
 	if err == nil {
 		err = json.Unmarshal(raw, &c)
 	}
-	if err != nil {
+	if err != nil && s.tb != nil {
+		// Only JSON-decoded values are stored, so this cannot happen.
 		s.tb.Errorf("fakefc: copy config: %v", err)
 	}
 	return c
@@ -220,8 +251,11 @@ func (s *Server) Config() Config {
 // InjectFault makes the next request for method and path fail with status and
 // a fault_message, without touching state. Faults queue up: each is used once.
 func (s *Server) InjectFault(method, path string, status int, message string) {
-	s.tb.Helper()
 	if status < 400 || status > 599 {
+		if s.tb == nil {
+			panic(fmt.Sprintf("fakefc: InjectFault status %d is not an error status", status))
+		}
+		s.tb.Helper()
 		s.tb.Fatalf("fakefc: InjectFault status %d is not an error status", status)
 	}
 	s.mu.Lock()
@@ -252,9 +286,12 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	case len(raw) > maxBody:
 		rep = faultf(http.StatusBadRequest, "Request payload with size %d is larger than the limit of %d allowed by server.", len(raw), maxBody)
 	default:
-		rep = s.handle(r.Method, r.URL.Path, raw)
+		rep = s.handle(r.Context(), r.Method, r.URL.Path, raw)
 	}
 	rec.Status = rep.status
+	if f, ok := rep.body.(map[string]string); ok {
+		rec.Fault = f["fault_message"]
+	}
 	s.requests = append(s.requests, rec)
 	if rep.fatal {
 		s.exited = true
@@ -265,13 +302,26 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Connection", "close")
 		_ = s.ln.Close() // no new connections, as when the process is gone
 	}
-	if rep.body == nil {
-		w.WriteHeader(rep.status)
-		return
+	if rep.body != nil {
+		w.Header().Set("Content-Type", "application/json")
 	}
-	w.Header().Set("Content-Type", "application/json")
 	w.WriteHeader(rep.status)
-	_ = json.NewEncoder(w).Encode(rep.body)
+	if rep.body != nil {
+		_ = json.NewEncoder(w).Encode(rep.body)
+	}
+	if rep.fatal {
+		// The answer goes out before anyone acts on the end: a program
+		// serving the fake exits as soon as Ended is closed.
+		if f, ok := w.(http.Flusher); ok {
+			f.Flush()
+		}
+	}
+	if f := s.opts.requestLog; f != nil {
+		f(cloneRecords([]Recorded{rec})[0])
+	}
+	if rep.fatal {
+		close(s.ended)
+	}
 }
 
 // dropConnection closes a kept-alive connection without an answer, as a

@@ -2,6 +2,7 @@ package fakefc
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"fmt"
 	"net"
@@ -46,7 +47,7 @@ type route struct {
 	apply   func(s *Server, body map[string]any) reply
 }
 
-func (s *Server) handle(method, path string, raw []byte) reply {
+func (s *Server) handle(ctx context.Context, method, path string, raw []byte) reply {
 	for i, f := range s.faults {
 		if f.method == method && f.path == path {
 			s.faults = append(s.faults[:i], s.faults[i+1:]...)
@@ -65,7 +66,7 @@ func (s *Server) handle(method, path string, raw []byte) reply {
 		return bad("Invalid request method and/or path: %s %s.", method, path)
 	}
 
-	rt, id, found := s.lookup(method, path)
+	rt, id, found := s.lookup(ctx, method, path)
 	if !found {
 		return bad("Invalid request method and/or path: %s %s.", method, path)
 	}
@@ -99,10 +100,15 @@ func (s *Server) handle(method, path string, raw []byte) reply {
 	return rt.apply(s, body)
 }
 
-func (s *Server) lookup(method, path string) (route, string, bool) {
+// lookup finds the route; the routes that may call the Machine get ctx,
+// the request's.
+func (s *Server) lookup(ctx context.Context, method, path string) (route, string, bool) {
+	withCtx := func(f func(*Server, context.Context, map[string]any) reply) func(*Server, map[string]any) reply {
+		return func(s *Server, body map[string]any) reply { return f(s, ctx, body) }
+	}
 	if method == http.MethodPatch {
 		if path == "/vm" {
-			return route{schema: "Vm", apply: (*Server).patchVM}, "", true
+			return route{schema: "Vm", apply: withCtx((*Server).patchVM)}, "", true
 		}
 		return route{}, "", false
 	}
@@ -123,9 +129,9 @@ func (s *Server) lookup(method, path string) (route, string, bool) {
 		"/balloon":         {schema: "Balloon", apply: preboot(func(c *config, b map[string]any) { c.balloon = b }, true)},
 		"/logger":          {schema: "Logger", apply: preboot(func(c *config, b map[string]any) { c.logger = b }, false)},
 		"/metrics":         {schema: "Metrics", apply: (*Server).putMetrics},
-		"/actions":         {schema: "InstanceActionInfo", apply: (*Server).action},
-		"/snapshot/create": {schema: "SnapshotCreateParams", apply: (*Server).createSnapshot},
-		"/snapshot/load":   {schema: "SnapshotLoadParams", apply: (*Server).loadSnapshot},
+		"/actions":         {schema: "InstanceActionInfo", apply: withCtx((*Server).action)},
+		"/snapshot/create": {schema: "SnapshotCreateParams", apply: withCtx((*Server).createSnapshot)},
+		"/snapshot/load":   {schema: "SnapshotLoadParams", apply: withCtx((*Server).loadSnapshot)},
 	}[path]
 	return rt, "", ok
 }
@@ -223,6 +229,10 @@ func (s *Server) putDrive(body map[string]any) reply {
 			}
 		}
 	}
+	if _, ok := s.cfg.drives[id]; !ok {
+		// Replacing a drive keeps its place, as in Firecracker.
+		s.cfg.driveOrder = append(s.cfg.driveOrder, id)
+	}
 	s.cfg.drives[id] = body
 	return noContent
 }
@@ -258,7 +268,7 @@ func (s *Server) putMetrics(body map[string]any) reply {
 	return noContent
 }
 
-func (s *Server) action(body map[string]any) reply {
+func (s *Server) action(ctx context.Context, body map[string]any) reply {
 	switch body["action_type"] {
 	case "InstanceStart":
 		if s.started {
@@ -268,8 +278,26 @@ func (s *Server) action(body map[string]any) reply {
 		if s.cfg.bootSource == nil {
 			return bad(msgNoKernel)
 		}
+		if m := s.opts.machine; m != nil {
+			vm, err := s.vm()
+			if err == nil {
+				err = m.Start(ctx, vm)
+			}
+			if err != nil {
+				return bad("Start microvm error: %v", err)
+			}
+		}
 		s.started, s.state = true, StateRunning
-	default: // SendCtrlAltDel, FlushMetrics
+	case "SendCtrlAltDel":
+		if !s.started {
+			return bad(msgPreBoot)
+		}
+		if m := s.opts.machine; m != nil {
+			if err := m.SendCtrlAltDel(ctx); err != nil {
+				return bad("Send CtrlAltDel error: %v", err)
+			}
+		}
+	default: // FlushMetrics
 		if !s.started {
 			return bad(msgPreBoot)
 		}
@@ -277,12 +305,22 @@ func (s *Server) action(body map[string]any) reply {
 	return noContent
 }
 
-func (s *Server) patchVM(body map[string]any) reply {
+func (s *Server) patchVM(ctx context.Context, body map[string]any) reply {
 	if !s.started {
 		return bad(msgPreBoot)
 	}
 	// Pausing a paused VM, or resuming a running one, succeeds.
-	if body["state"] == "Paused" {
+	pause := body["state"] == "Paused"
+	if m := s.opts.machine; m != nil {
+		if pause {
+			if err := m.Pause(ctx); err != nil {
+				return bad("Failed to pause the microVM: %v", err)
+			}
+		} else if err := m.Resume(ctx); err != nil {
+			return bad("Failed to resume the microVM: %v", err)
+		}
+	}
+	if pause {
 		s.state = StatePaused
 	} else {
 		s.state = StateRunning
@@ -292,12 +330,16 @@ func (s *Server) patchVM(body map[string]any) reply {
 
 // marker is what the fake writes as a "snapshot": enough to restore its own
 // state and to check the rules of a load.
+// Paths are kept as they were given (relative stays relative), since a load
+// resolves them again, as Firecracker reopens disks at the recorded paths.
 type marker struct {
 	Fake       string                    `json:"fakefc"`
 	VMMVersion string                    `json:"vmm_version"`
 	Type       string                    `json:"snapshot_type"`
 	Machine    map[string]any            `json:"machine_config"`
+	BootSource map[string]any            `json:"boot_source,omitempty"`
 	Drives     map[string]map[string]any `json:"drives"`
+	DriveOrder []string                  `json:"drive_order,omitempty"`
 	Ifaces     map[string]map[string]any `json:"network_interfaces"`
 	Vsock      map[string]any            `json:"vsock,omitempty"`
 	Entropy    map[string]any            `json:"entropy,omitempty"`
@@ -306,7 +348,7 @@ type marker struct {
 
 const memMarker = "fakefc guest memory marker\n"
 
-func (s *Server) createSnapshot(body map[string]any) reply {
+func (s *Server) createSnapshot(ctx context.Context, body map[string]any) reply {
 	if !s.started {
 		return bad(msgPreBoot)
 	}
@@ -318,21 +360,48 @@ func (s *Server) createSnapshot(body map[string]any) reply {
 		typ = "Full"
 	}
 	m := marker{Fake: "snapshot", VMMVersion: s.opts.version, Type: typ, Machine: s.machineConfig(),
-		Drives: s.cfg.drives, Ifaces: s.cfg.ifaces, Vsock: s.cfg.vsock, Entropy: s.cfg.entropy, Balloon: s.cfg.balloon}
+		BootSource: s.cfg.bootSource, Drives: s.cfg.drives, DriveOrder: s.cfg.driveOrder, Ifaces: s.cfg.ifaces,
+		Vsock: s.cfg.vsock, Entropy: s.cfg.entropy, Balloon: s.cfg.balloon}
 	state, err := json.MarshalIndent(m, "", "  ")
 	if err != nil {
 		return faultf(http.StatusInternalServerError, "Create snapshot error: Cannot serialize the microVM state: %v", err)
 	}
-	if err := os.WriteFile(s.file(body["snapshot_path"].(string)), state, 0o600); err != nil {
-		return bad("Create snapshot error: Cannot perform open on the snapshot backing file: %v", err)
-	}
-	if err := os.WriteFile(s.file(body["mem_file_path"].(string)), []byte(memMarker), 0o600); err != nil {
+	statePath, memPath := s.file(body["snapshot_path"].(string)), s.file(body["mem_file_path"].(string))
+	// Memory first: it is what a Machine can fail to write. Nothing half
+	// written is left behind, so no one mistakes it for a snapshot.
+	if mach := s.opts.machine; mach != nil {
+		if err := mach.CreateSnapshot(ctx, memPath); err != nil {
+			_ = os.Remove(memPath)
+			return bad("Create snapshot error: Cannot save the microVM memory: %v", err)
+		}
+	} else if err := os.WriteFile(memPath, []byte(memMarker), 0o600); err != nil {
+		_ = os.Remove(memPath)
 		return bad("Create snapshot error: Cannot perform open on the memory backing file: %v", err)
+	}
+	if err := writeNew(statePath, state); err != nil {
+		_ = os.Remove(memPath)
+		return bad("Create snapshot error: Cannot perform open on the snapshot backing file: %v", err)
 	}
 	return noContent
 }
 
-func (s *Server) loadSnapshot(body map[string]any) reply {
+// writeNew writes a 0600 file, and removes what it wrote if it fails.
+func writeNew(path string, data []byte) error {
+	f, err := os.OpenFile(path, os.O_CREATE|os.O_TRUNC|os.O_WRONLY, 0o600)
+	if err != nil {
+		return err
+	}
+	_, err = f.Write(data)
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		_ = os.Remove(path)
+	}
+	return err
+}
+
+func (s *Server) loadSnapshot(ctx context.Context, body map[string]any) reply {
 	if s.started {
 		return bad(msgPostBoot)
 	}
@@ -387,16 +456,30 @@ func (s *Server) loadSnapshot(body map[string]any) reply {
 		}
 		iface["host_dev_name"] = ov["host_dev_name"]
 	}
-	s.cfg = config{machine: m.Machine, drives: m.Drives, ifaces: m.Ifaces, vsock: m.Vsock,
-		entropy: m.Entropy, balloon: m.Balloon, logger: s.cfg.logger, metrics: s.cfg.metrics}
-	if s.cfg.drives == nil {
-		s.cfg.drives = map[string]map[string]any{}
+	restored := config{machine: m.Machine, bootSource: m.BootSource, drives: m.Drives, driveOrder: m.DriveOrder,
+		ifaces: m.Ifaces, vsock: m.Vsock, entropy: m.Entropy, balloon: m.Balloon,
+		logger: s.cfg.logger, metrics: s.cfg.metrics}
+	if restored.drives == nil {
+		restored.drives = map[string]map[string]any{}
 	}
-	if s.cfg.ifaces == nil {
-		s.cfg.ifaces = map[string]map[string]any{}
+	if restored.ifaces == nil {
+		restored.ifaces = map[string]map[string]any{}
+	}
+	previous := s.cfg
+	s.cfg = restored
+	resume := body["resume_vm"] == true
+	if mach := s.opts.machine; mach != nil {
+		vm, err := s.vm()
+		if err == nil {
+			err = mach.LoadSnapshot(ctx, vm, s.file(memPath), resume)
+		}
+		if err != nil {
+			s.cfg = previous
+			return fail("%v", err)
+		}
 	}
 	s.started, s.state = true, StatePaused
-	if body["resume_vm"] == true {
+	if resume {
 		s.state = StateRunning
 	}
 	return noContent
@@ -410,14 +493,19 @@ func (s *Server) mustExist(path string) error {
 	return err
 }
 
-// file is where a path Firecracker was given lies on the host: itself, or
-// inside WithRoot's root. Cleaning it as an absolute path first keeps ".."
-// from leaving the root, as chroot does.
+// file is where a path Firecracker was given lies on the host: inside
+// WithRoot's root, against WithWorkDir's directory if relative, or itself.
+// Cleaning it as an absolute path first keeps ".." from leaving the root, as
+// chroot does. An empty path is not made into the working directory, so it
+// still fails to open.
 func (s *Server) file(path string) string {
-	if s.opts.root == "" {
-		return path
+	switch {
+	case s.opts.root != "":
+		return filepath.Join(s.opts.root, filepath.Clean("/"+path))
+	case path != "" && s.opts.workDir != "" && !filepath.IsAbs(path):
+		return filepath.Join(s.opts.workDir, path)
 	}
-	return filepath.Join(s.opts.root, filepath.Clean("/"+path))
+	return path
 }
 
 func majorMinor(v string) string {

@@ -1,4 +1,4 @@
-package supervisor
+package link
 
 import (
 	"context"
@@ -7,39 +7,39 @@ import (
 	"net"
 	"sync"
 	"time"
-
-	"github.com/mvm-dev/mvm/internal/agent/link"
 )
 
-// agentLink keeps a session with the guest agent over the hypervisor's serial port,
+// Keeper keeps a session with the guest agent over the hypervisor's serial port,
 // and re-establishes it if it breaks while the VM runs, so `exec` keeps working after
-// a link failure without restarting anything.
-type agentLink struct {
+// a link failure without restarting anything. The supervisor keeps one per QEMU VM;
+// the Firecracker test double keeps one to serve its hybrid-vsock connections.
+type Keeper struct {
 	port net.Conn
 	log  *slog.Logger
 
 	mu      sync.Mutex
-	sess    *link.Session
+	sess    *Session
 	changed chan struct{} // closed when sess is replaced
 	closed  bool
 }
 
-func newAgentLink(port net.Conn, log *slog.Logger) *agentLink {
-	return &agentLink{port: port, log: log, changed: make(chan struct{})}
+// NewKeeper keeps sessions on port; Dial makes the first.
+func NewKeeper(port net.Conn, log *slog.Logger) *Keeper {
+	return &Keeper{port: port, log: log, changed: make(chan struct{})}
 }
 
-// dial establishes the first session. After a boot one sync waits in the port for
+// Dial establishes the first session. After a boot one sync waits in the port for
 // the agent, and another follows every second in case one was lost (the agent acks
 // every one and goes on the first the host names); a restored guest still runs the
 // snapshot's session, which the first sync breaks (and is eaten by), so syncs are
 // resent at once until one is answered. Either way the caller's first request
 // proves the session, within the same deadline a probe would have.
-func (l *agentLink) dial(ctx context.Context, restored bool) error {
-	o := link.DialOptions{Resync: time.Second, NoProbe: true}
+func (l *Keeper) Dial(ctx context.Context, restored bool) error {
+	o := DialOptions{Resync: time.Second, NoProbe: true}
 	if restored {
 		o.Resync = 10 * time.Millisecond
 	}
-	s, err := link.Dial(ctx, l.port, o)
+	s, err := Dial(ctx, l.port, o)
 	if err != nil {
 		return err
 	}
@@ -47,7 +47,7 @@ func (l *agentLink) dial(ctx context.Context, restored bool) error {
 	return nil
 }
 
-func (l *agentLink) set(s *link.Session) {
+func (l *Keeper) set(s *Session) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	if l.closed {
@@ -59,9 +59,9 @@ func (l *agentLink) set(s *link.Session) {
 	l.changed = make(chan struct{})
 }
 
-// open opens an agent stream on the current session, waiting for a re-link if the
+// Open opens an agent stream on the current session, waiting for a re-link if the
 // link is down.
-func (l *agentLink) open(ctx context.Context) (net.Conn, error) {
+func (l *Keeper) Open(ctx context.Context) (net.Conn, error) {
 	for {
 		l.mu.Lock()
 		s, changed, closed := l.sess, l.changed, l.closed
@@ -86,8 +86,8 @@ func (l *agentLink) open(ctx context.Context) (net.Conn, error) {
 	}
 }
 
-// keep re-links whenever the session ends, until stop closes.
-func (l *agentLink) keep(stop <-chan struct{}) {
+// Keep re-links whenever the session ends, until stop closes.
+func (l *Keeper) Keep(stop <-chan struct{}) {
 	for {
 		l.mu.Lock()
 		s := l.sess
@@ -109,7 +109,7 @@ func (l *agentLink) keep(stop <-chan struct{}) {
 				case <-ctx.Done():
 				}
 			}()
-			ns, err := link.Dial(ctx, l.port, link.DialOptions{Resync: 300 * time.Millisecond})
+			ns, err := Dial(ctx, l.port, DialOptions{Resync: 300 * time.Millisecond})
 			cancel()
 			if err == nil {
 				l.set(ns)
@@ -126,9 +126,9 @@ func (l *agentLink) keep(stop <-chan struct{}) {
 	}
 }
 
-// reset drops the current session, as a broken link would (the control socket's
+// Reset drops the current session, as a broken link would (the control socket's
 // "relink" request uses it, so tests can prove recovery).
-func (l *agentLink) reset() {
+func (l *Keeper) Reset() {
 	l.mu.Lock()
 	s := l.sess
 	l.mu.Unlock()
@@ -137,7 +137,8 @@ func (l *agentLink) reset() {
 	}
 }
 
-func (l *agentLink) close() {
+// Close ends the session for good: Open fails from then on.
+func (l *Keeper) Close() {
 	l.mu.Lock()
 	s := l.sess
 	l.closed = true

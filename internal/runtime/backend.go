@@ -1,0 +1,60 @@
+package runtime
+
+import (
+	"errors"
+	"fmt"
+
+	"github.com/mvm-dev/mvm/internal/image"
+	"github.com/mvm-dev/mvm/internal/vm"
+	"github.com/mvm-dev/mvm/internal/vmm/firecracker"
+)
+
+// chooseBackend decides which hypervisor runs a VM: the one asked for, the one a
+// snapshot was taken on, or for auto Firecracker when this host and the image's
+// kernel can run it, QEMU otherwise. note explains an auto choice of QEMU on a
+// host that has Firecracker; it is empty when there is nothing to explain.
+func (r *Runtime) chooseBackend(spec vm.Spec, img image.Image, restore *restoreSource) (backend, note string, err error) {
+	if restore != nil {
+		taken := restore.meta.Backend
+		if spec.Hypervisor != vm.HypervisorAuto && spec.Hypervisor != "" && spec.Hypervisor != taken {
+			return "", "", fmt.Errorf("--hypervisor %s: %s was taken on %s and restores only there: drop --hypervisor", spec.Hypervisor, restore.from, taken)
+		}
+		return taken, "", nil // checkRestorable has checked the host can
+	}
+	switch spec.Hypervisor {
+	case vm.HypervisorQEMU:
+		return vm.HypervisorQEMU, "", nil
+	case vm.HypervisorFirecracker:
+		if err := r.firecrackerFits(img); err != nil {
+			return "", "", fmt.Errorf("--hypervisor firecracker: %w; or use --hypervisor qemu", err)
+		}
+		return vm.HypervisorFirecracker, "", nil
+	}
+	err = r.firecrackerFits(img)
+	if err == nil {
+		return vm.HypervisorFirecracker, "", nil
+	}
+	if errors.Is(err, firecracker.ErrNotFound) {
+		return vm.HypervisorQEMU, "", nil // no Firecracker here: QEMU is the plain choice
+	}
+	return vm.HypervisorQEMU, "using QEMU, not Firecracker: " + err.Error(), nil
+}
+
+// firecrackerFits says why Firecracker cannot run img on this host, or nil.
+func (r *Runtime) firecrackerFits(img image.Image) error {
+	b, err := firecracker.New(firecracker.HostOptions(r.Root.Bin()))
+	if err != nil {
+		return err
+	}
+	if b.IsTestDouble() {
+		return nil // it runs the guest on QEMU, which every image fits
+	}
+	ok, known, reason := img.Fit(image.BackendFirecracker)
+	switch {
+	case ok:
+		return nil
+	case !known:
+		return fmt.Errorf("image %s was built before mvm recorded which hypervisors its kernel fits: run `mvmctl bootstrap` to record it", img.Name)
+	}
+	return fmt.Errorf("the kernel of image %s does not fit Firecracker (%s): see `mvmctl doctor --firecracker`", img.Name, reason)
+}

@@ -1,0 +1,67 @@
+package qemudouble
+
+import (
+	"bytes"
+	"context"
+	"strings"
+	"testing"
+
+	"github.com/mvm-dev/mvm/internal/fcinstall"
+)
+
+func TestVersionOutput(t *testing.T) {
+	var out, errOut bytes.Buffer
+	if code := Run(context.Background(), []string{"--version"}, nil, &out, &errOut); code != 0 {
+		t.Fatalf("--version: exit %d, stderr %q", code, errOut.String())
+	}
+	lines := strings.Split(strings.TrimSuffix(out.String(), "\n"), "\n")
+	if len(lines) != 2 {
+		t.Fatalf("--version printed %q, want two lines", out.String())
+	}
+	// What mvm pins and checks (fcinstall, doctor) is read from the first line.
+	if want := "Firecracker " + fcinstall.DefaultVersion; lines[0] != want {
+		t.Errorf("first line %q, want %q", lines[0], want)
+	}
+	if lines[1] != "mvm-test-double: QEMU underneath, not Firecracker" {
+		t.Errorf("second line %q, want the test-double marker", lines[1])
+	}
+}
+
+func TestFlags(t *testing.T) {
+	cases := []struct {
+		name string
+		args []string
+		code int
+		err  string // fragment of stderr
+	}{
+		{"unknown flag refused", []string{"--api-sock", "a.sock", "--bogus"}, 1, "bogus"},
+		{"api-sock required", nil, 1, "--api-sock is required"},
+		{"positional argument refused", []string{"--api-sock", "a.sock", "extra"}, 1, `unexpected argument "extra"`},
+		{"bad id refused", []string{"--api-sock", "a.sock", "--id", "a b"}, 1, "invalid instance id"},
+		{"long id refused", []string{"--api-sock", "a.sock", "--id", strings.Repeat("a", 65)}, 1, "invalid instance id"},
+		{"bad level refused", []string{"--api-sock", "a.sock", "--level", "Loud"}, 1, "invalid --level"},
+		{"help", []string{"--help"}, 0, "api-sock"},
+		{"tolerated flags", []string{"--api-sock", "a.sock", "--id", "vm-1", "--log-path", "/l", "--level", "Debug",
+			"--enable-pci", "--no-seccomp", "--boot-timer", "--version"}, 0, ""},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			var out, errOut bytes.Buffer
+			code := Run(context.Background(), tc.args, nil, &out, &errOut)
+			if code != tc.code {
+				t.Fatalf("exit %d, want %d (stderr %q)", code, tc.code, errOut.String())
+			}
+			if !strings.Contains(errOut.String(), tc.err) {
+				t.Errorf("stderr %q, want it to contain %q", errOut.String(), tc.err)
+			}
+		})
+	}
+	// Parsed values, for what --version hides.
+	f, _, done := parseArgs([]string{"--api-sock", "a.sock", "--id", "vm-1", "--level", "warning"}, &bytes.Buffer{}, &bytes.Buffer{})
+	if done || f.apiSock != "a.sock" || f.id != "vm-1" || f.level.String() != "WARN" {
+		t.Errorf("parseArgs = %+v, done %v", f, done)
+	}
+	if f, _, _ := parseArgs([]string{"--api-sock", "a.sock"}, &bytes.Buffer{}, &bytes.Buffer{}); f.id != "anonymous-instance" {
+		t.Errorf("default id %q", f.id)
+	}
+}

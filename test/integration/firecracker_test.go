@@ -1,0 +1,188 @@
+package integration
+
+import (
+	"context"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/mvm-dev/mvm/internal/snapfile"
+)
+
+// withFirecrackerDouble installs mvm's QEMU-backed Firecracker test double as
+// the root's firecracker and lets mvmctl use it. Everything mvm does on the
+// Firecracker path runs for real (the API calls in order, the VM's directory as
+// Firecracker's working directory, the TAP opened by name, hybrid vsock, the
+// snapshot files and their load in another directory); only the guest's own
+// vsock is not exercised, since the double gives the agent a virtio-serial port.
+func (e *env) withFirecrackerDouble() {
+	e.t.Helper()
+	buildFirecrackerDouble(e.t, filepath.Join(e.root, "bin"))
+	e.vars = append(e.vars, "MVM_FIRECRACKER_TEST_DOUBLE=1")
+}
+
+// buildFirecrackerDouble builds the test double as dir/firecracker.
+func buildFirecrackerDouble(t *testing.T, dir string) string {
+	t.Helper()
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	bin := filepath.Join(dir, "firecracker")
+	cmd := exec.CommandContext(ctx, "go", "build", "-trimpath", "-o", bin, "./internal/vmm/firecracker/qemudouble/cmd/firecracker")
+	cmd.Dir = "../.."
+	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("build the firecracker test double: %v: %s", err, out)
+	}
+	return bin
+}
+
+// TestFirecrackerBackend runs VMs through mvm's Firecracker backend end to end,
+// with the test double standing in for Firecracker (none can run here).
+func TestFirecrackerBackend(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	e.withFirecrackerDouble()
+
+	// Without the test's switch the double is not taken for a Firecracker: this
+	// host has no KVM, and a real Firecracker would need it.
+	r := e.runWith(nil, []string{"MVM_FIRECRACKER_TEST_DOUBLE=0"}, "up", "-d", "--name", "nokvm", "--hypervisor", "firecracker")
+	if r.code == 0 || !strings.Contains(r.stderr, "KVM") || !strings.Contains(r.stderr, "--hypervisor qemu") {
+		t.Errorf("firecracker without KVM: exit %d: %s", r.code, r.stderr)
+	}
+	if dirs := e.vmDirs(); len(dirs) != 0 {
+		t.Errorf("a refused up left VM directories: %v", dirs)
+	}
+
+	out := e.must("up", "-d", "--name", "fc1", "--hypervisor", "firecracker", "--data-disk", "32M", "--memory", "256M")
+	if !strings.Contains(out, "backend firecracker") {
+		t.Errorf("up said: %s", out)
+	}
+	fc1 := e.vm("fc1")
+	if fc1.Backend != "firecracker" || fc1.State != "running" || fc1.IP == "" {
+		t.Fatalf("fc1: %+v", fc1)
+	}
+	cmdline := e.mustExec("fc1", "cat", "/proc/cmdline")
+	for _, want := range []string{"mvm.ip=" + fc1.IP, "reboot=k", "mvm.poweroff=reboot", "mvm.hostname=fc1"} {
+		if !strings.Contains(cmdline, want) {
+			t.Errorf("guest command line lacks %q: %s", want, cmdline)
+		}
+	}
+	// The drives are the contract's, in order.
+	mounts := e.mustExec("fc1", "cat", "/proc/mounts")
+	for _, want := range []string{"/dev/vda / ext4 rw", "/dev/vdb /mnt/config", "/dev/vdc /mnt/secrets", "/dev/vdd /mnt/data"} {
+		if !strings.Contains(mounts, want) {
+			t.Errorf("mounts lack %q:\n%s", want, mounts)
+		}
+	}
+	// Firecracker runs in the VM's directory and got the disks as relative paths.
+	dir := filepath.Join(e.root, "vms", fc1.ID)
+	if _, err := os.Stat(filepath.Join(dir, "firecracker.log")); err != nil {
+		t.Errorf("no firecracker.log in the VM's directory: %v", err)
+	}
+	if r := e.exec("fc1", "sh", "-c", "exit 7"); r.code != 7 {
+		t.Errorf("exit code through the hybrid socket: %d (%s)", r.code, r.stderr)
+	}
+	e.mustExec("fc1", "sh", "-c", "echo on-data > /mnt/data/marker; echo on-root > /root/marker; sync")
+
+	// cp both ways: no bulk channel on Firecracker, copies travel in frames.
+	src := filepath.Join(t.TempDir(), "blob")
+	blob := strings.Repeat("firecracker-cp ", 40000)
+	if err := os.WriteFile(src, []byte(blob), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	e.must("cp", src, "fc1:/root/blob")
+	back := filepath.Join(t.TempDir(), "back")
+	e.must("cp", "fc1:/root/blob", back)
+	if got, _ := os.ReadFile(back); string(got) != blob {
+		t.Errorf("cp round trip: %d bytes back, want %d", len(got), len(blob))
+	}
+
+	// The host reaches the VM over its TAP, which Firecracker opened by name.
+	ip := strings.Split(fc1.IP, "/")[0]
+	if out, _ := e.inNS("busybox", "ping", "-c", "1", "-W", "5", ip); !strings.Contains(out, "1 packets received") {
+		t.Errorf("host -> fc1 (%s): %s", ip, out)
+	}
+
+	// Pause and resume (PATCH /vm).
+	e.must("pause", "fc1")
+	if v := e.vm("fc1"); v.State != "paused" {
+		t.Errorf("after pause: %s", v.State)
+	}
+	e.must("resume", "fc1")
+	if skew := e.guestClockSkew("fc1"); skew > time.Second || skew < -time.Second {
+		t.Errorf("guest clock off by %v after resume", skew)
+	}
+
+	// A snapshot is Firecracker's two files, sealed; a clone loads them in its
+	// own directory and opens its own disks and vsock socket there.
+	e.must("snapshot", "create", "fc1", "--name", "s")
+	snapDir := e.snapshotDir("s")
+	for _, f := range []string{"state", "memory", "rootfs", "data", "meta.json"} {
+		if _, err := os.Stat(filepath.Join(snapDir, f)); err != nil {
+			t.Errorf("snapshot lacks %s: %v", f, err)
+		}
+	}
+	key, err := snapfile.LoadOrCreateKey(filepath.Join(e.root, "snapshot.key"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if m, err := snapfile.ReadMeta(snapDir, key); err != nil || m.Backend != "firecracker" || m.BackendVersion != "1.13.1" {
+		t.Errorf("snapshot meta: backend %q version %q (%v), want firecracker 1.13.1", m.Backend, m.BackendVersion, err)
+	}
+	e.mustExec("fc1", "sh", "-c", "echo after-snapshot > /mnt/data/marker; sync")
+	if r := e.run("up", "-d", "--snapshot", "s", "--name", "bad", "--hypervisor", "qemu"); r.code == 0 || !strings.Contains(r.stderr, "taken on firecracker") {
+		t.Errorf("restoring a Firecracker snapshot on QEMU: exit %d: %s", r.code, r.stderr)
+	}
+	out = e.must("up", "-d", "--snapshot", "s", "--name", "fc3")
+	if !strings.Contains(out, "backend firecracker") {
+		t.Errorf("restore said: %s", out)
+	}
+	fc3 := e.vm("fc3")
+	if fc3.IP == fc1.IP || fc3.MAC == fc1.MAC {
+		t.Errorf("clone shares the source's identity: %+v vs %+v", fc3, fc1)
+	}
+	if got := e.mustExec("fc3", "cat", "/mnt/data/marker", "/root/marker"); got != "on-data\non-root\n" {
+		t.Errorf("clone's files: %q", got)
+	}
+	if got := strings.TrimSpace(e.mustExec("fc3", "hostname")); got != "fc3" {
+		t.Errorf("clone's hostname: %q", got)
+	}
+	if got := e.mustExec("fc1", "cat", "/mnt/data/marker"); got != "after-snapshot\n" {
+		t.Errorf("source after the clone: %q", got)
+	}
+	ip3 := strings.Split(fc3.IP, "/")[0]
+	if out, _ := e.inNS("busybox", "ping", "-c", "1", "-W", "5", ip3); !strings.Contains(out, "1 packets received") {
+		t.Errorf("host -> the clone (%s): %s", ip3, out)
+	}
+	if r := e.exec("fc3", "ping", "-c", "1", "-W", "5", ip); r.code != 0 {
+		t.Errorf("the clone -> its source: %+v", r)
+	}
+
+	// auto picks Firecracker when it is usable; QEMU runs beside it when asked.
+	if out := e.must("up", "-d", "--name", "auto1", "--network", "none"); !strings.Contains(out, "backend firecracker") {
+		t.Errorf("auto with Firecracker usable: %s", out)
+	}
+	if out := e.must("up", "-d", "--name", "q1", "--network", "none", "--hypervisor", "qemu"); !strings.Contains(out, "backend qemu") {
+		t.Errorf("--hypervisor qemu: %s", out)
+	}
+
+	// A graceful stop in the foreground: the console streams through
+	// Firecracker's stdio, and the agent's power-off is a reset, which ends
+	// Firecracker (a guest that powered off would leave it running).
+	conOut := e.upForegroundThenCtrlC("fg", "--network", "none", "--hypervisor", "firecracker")
+	if !strings.Contains(conOut, "mvm-agent: ready") || !strings.Contains(conOut, "poweroff requested") {
+		t.Errorf("console output: %q", conOut)
+	}
+	if v := e.vm("fg"); v.State != "exited" || v.ExitReason != "stopped (guest powered off)" {
+		t.Errorf("after Ctrl-C: state %s, reason %q", v.State, v.ExitReason)
+	}
+	if pids := pidOf(filepath.Join(e.root, "bin", "firecracker")); len(pids) != 3 {
+		t.Errorf("firecracker processes %v, want 3 (fc1, fc3, auto1)", pids)
+	}
+}
