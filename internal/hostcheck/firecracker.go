@@ -99,11 +99,11 @@ func kernelFitCheck(root layout.Root) Check {
 	case ok:
 		return Check{Name: name, Status: OK, Detail: "default image's kernel " + img.KernelRelease + " has what Firecracker needs"}
 	case !known:
-		return Check{Name: name, Status: Warn, Detail: "not recorded for the default image (built before mvm checked)",
+		return Check{Name: name, Status: Warn, Detail: "not recorded for the default image by this mvm's rules (built before it checked, or by older rules)",
 			Fix: "mvmctl bootstrap (records it from the kernel's config; nothing is rebuilt)"}
 	default:
 		return Check{Name: name, Status: Fail, Detail: "default image's kernel " + img.KernelRelease + " does not fit Firecracker: " + reason,
-			Fix: "a kernel with CONFIG_VIRTIO_MMIO=y and CONFIG_VIRTIO_MMIO_CMDLINE_DEVICES=y (such as Firecracker's guest configs); " +
-				"mvm builds images from Debian's cloud kernel only so far, which lacks them"}
+			Fix: "a kernel with CONFIG_ACPI=y and virtio_mmio built in or in the initramfs (Firecracker 1.8+ lists its devices in ACPI), " +
+				"or with CONFIG_VIRTIO_MMIO=y and CONFIG_VIRTIO_MMIO_CMDLINE_DEVICES=y; or use --hypervisor qemu"}
 	}
 }

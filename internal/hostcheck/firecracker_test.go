@@ -78,7 +78,7 @@ func TestFirecrackerChecks(t *testing.T) {
 	}
 
 	fakeProgram(t, root.Bin(), "jailer", "Jailer v1.12.0")
-	writeImage(t, root, `"backends": ["qemu"], "unsupported_backends": {"firecracker": "CONFIG_VIRTIO_MMIO_CMDLINE_DEVICES is not set"}`)
+	writeImage(t, root, `"backends": ["qemu"], "unsupported_backends": {"firecracker": "CONFIG_VIRTIO_MMIO_CMDLINE_DEVICES is not set"}, "fit_rules": 2`)
 	cs = byName(firecrackerChecks(ctx, root, kvm))
 	if c := cs["jailer"]; c.Status != Warn || !strings.Contains(c.Detail, "mvm drives Firecracker 1.13.x") {
 		t.Errorf("old jailer: %+v", c)

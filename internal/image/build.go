@@ -152,6 +152,7 @@ func (s Store) build(ctx context.Context, o BuildOptions, digest string, inputs 
 	// Debian's cloud kernel finds QEMU microvm's devices through ACPI; whether it
 	// also fits Firecracker's command-line virtio-mmio devices is in its config.
 	m.Backends, m.Unsupported = kernelFit(k, format, mods)
+	m.FitRules = FitRules
 	for _, f := range []string{FileKernel, FileInitrd, FileRootfs} {
 		st, err := os.Stat(filepath.Join(out, f))
 		if err != nil {

@@ -28,18 +28,44 @@ type requirement struct {
 }
 
 // firecrackerNeeds is what Firecracker's device model asks of a guest kernel on
-// x86_64: its devices are virtio-mmio, announced on the kernel command line.
-// virtio_mmio must be built in because the devices come as virtio_mmio.device=
-// arguments, which only a built-in driver sees (mvm-agent loads modules
-// without arguments); the console must be up before the initramfs runs.
+// x86_64 besides finding its devices (see findsDevices); the console must be up
+// before the initramfs runs.
 var firecrackerNeeds = []requirement{
-	{option: "CONFIG_VIRTIO_MMIO", what: "Firecracker's devices come as virtio_mmio.device= arguments, which only a built-in driver reads"},
-	{option: "CONFIG_VIRTIO_MMIO_CMDLINE_DEVICES", what: "Firecracker announces its virtio-mmio devices on the kernel command line"},
 	{option: "CONFIG_VIRTIO_BLK", what: "virtio-blk", module: "virtio_blk"},
 	{option: "CONFIG_VIRTIO_NET", what: "virtio-net", module: "virtio_net"},
 	{option: "CONFIG_VIRTIO_VSOCKETS", what: "virtio-vsock (the agent's channel on Firecracker)", module: "vmw_vsock_virtio_transport"},
 	{option: "CONFIG_SERIAL_8250", what: "the serial console must work before the initramfs runs"},
 	{option: "CONFIG_SERIAL_8250_CONSOLE", what: "the console is ttyS0"},
+}
+
+// FitRules versions the rules below: a manifest whose backends were decided by
+// older rules is decided again (see recordFit).
+const FitRules = 2
+
+// findsDevices says whether the kernel finds Firecracker's virtio-mmio devices,
+// which Firecracker announces two ways on x86_64: as virtio_mmio.device=
+// arguments on the command line, which only a built-in driver with
+// CONFIG_VIRTIO_MMIO_CMDLINE_DEVICES reads; and, since Firecracker 1.8, in its
+// ACPI DSDT (_HID LNRO0005, as QEMU's microvm machine does: see add_virtio_aml in
+// Firecracker's src/vmm/src/device_manager/mmio.rs), which a kernel with ACPI
+// reads with the driver built in or loaded from the initramfs. mvm drives
+// Firecracker 1.13, so either way does.
+func findsDevices(cfg kernel.Config, initramfs []string) (bool, string) {
+	mmio := cfg["CONFIG_VIRTIO_MMIO"]
+	switch {
+	case mmio == kernel.BuiltIn && cfg["CONFIG_VIRTIO_MMIO_CMDLINE_DEVICES"] == kernel.BuiltIn:
+		return true, ""
+	case cfg["CONFIG_ACPI"] == kernel.BuiltIn && mmio == kernel.BuiltIn:
+		return true, ""
+	case cfg["CONFIG_ACPI"] == kernel.BuiltIn && mmio == kernel.Module && slices.Contains(initramfs, "virtio_mmio"):
+		return true, ""
+	case mmio == kernel.Module && !slices.Contains(initramfs, "virtio_mmio"):
+		return false, "CONFIG_VIRTIO_MMIO=m but the initramfs has no virtio_mmio (Firecracker's devices are virtio-mmio)"
+	case mmio != kernel.BuiltIn && mmio != kernel.Module:
+		return false, "CONFIG_VIRTIO_MMIO is not set (Firecracker's devices are virtio-mmio)"
+	}
+	return false, "the kernel cannot find Firecracker's virtio-mmio devices: it needs CONFIG_ACPI=y (Firecracker 1.8+ lists them in ACPI), " +
+		"or CONFIG_VIRTIO_MMIO=y with CONFIG_VIRTIO_MMIO_CMDLINE_DEVICES=y (they are also on the command line)"
 }
 
 // KernelFit decides which backends an image's kernel can boot on, from its
@@ -52,6 +78,9 @@ func KernelFit(cfg kernel.Config, format string, initramfs []string) (backends [
 	var missing []string
 	if format != "elf-pvh" {
 		missing = append(missing, "the kernel is a "+format+", Firecracker boots an uncompressed ELF vmlinux")
+	}
+	if ok, why := findsDevices(cfg, initramfs); !ok {
+		missing = append(missing, why)
 	}
 	for _, r := range firecrackerNeeds {
 		switch v := cfg[r.option]; {
@@ -78,14 +107,15 @@ func noConfigFit(err error) ([]string, map[string]string) {
 }
 
 // Fit says whether the image can boot on backend. known is false when the
-// manifest predates the check (such images list only "qemu"): `mvmctl
-// bootstrap` records it.
+// manifest predates the check (such images list only "qemu") or refused the
+// backend by older rules: `mvmctl bootstrap` records it anew.
 func (m Manifest) Fit(backend string) (ok, known bool, reason string) {
 	if slices.Contains(m.Backends, backend) {
 		return true, true, ""
 	}
 	if r, found := m.Unsupported[backend]; found {
-		return false, true, r
+		// A refusal by older rules may not stand: bootstrap decides again.
+		return false, m.FitRules >= FitRules, r
 	}
 	return false, backend == BackendQEMU, ""
 }
@@ -94,7 +124,7 @@ func (m Manifest) Fit(backend string) (ok, known bool, reason string) {
 // from the config in its kernel package. The content and digest of the image
 // do not change: the fit is a fact about the kernel it already has.
 func (s Store) recordFit(ctx context.Context, img Image, deb string) (Image, error) {
-	if _, known, _ := img.Fit(BackendFirecracker); known {
+	if _, known, _ := img.Fit(BackendFirecracker); known && img.FitRules >= FitRules {
 		return img, nil
 	}
 	var backends []string
@@ -116,11 +146,11 @@ func (s Store) recordFit(ctx context.Context, img Image, deb string) (Image, err
 	if err := json.Unmarshal(raw, &m); err != nil {
 		return img, fmt.Errorf("image %s: bad manifest: %w", img.Name, err)
 	}
-	m.Backends, m.Unsupported = backends, unsupported
+	m.Backends, m.Unsupported, m.FitRules = backends, unsupported, FitRules
 	out, _ := json.MarshalIndent(m, "", "  ")
 	if err := writeFileAtomic(p, out, 0o644); err != nil {
 		return img, fmt.Errorf("image %s: record its backends: %w", img.Name, err)
 	}
-	img.Backends, img.Unsupported = backends, unsupported
+	img.Backends, img.Unsupported, img.FitRules = backends, unsupported, FitRules
 	return img, nil
 }

@@ -17,10 +17,22 @@ import (
 var debianCloud = kernel.Config{
 	"CONFIG_VIRTIO": "m", "CONFIG_VIRTIO_MMIO": "m", "CONFIG_VIRTIO_BLK": "m", "CONFIG_VIRTIO_NET": "m",
 	"CONFIG_VSOCKETS": "m", "CONFIG_VIRTIO_VSOCKETS": "m", "CONFIG_SERIAL_8250": "y", "CONFIG_SERIAL_8250_CONSOLE": "y",
+	"CONFIG_ACPI": "y",
 }
 
 var defaultModules = []string{"virtio", "virtio_ring", "virtio_blk", "virtio_console", "virtio_mmio", "failover",
 	"net_failover", "virtio_net", "virtio_rng", "vsock", "vmw_vsock_virtio_transport_common", "vmw_vsock_virtio_transport"}
+
+// without is cfg with the options left out.
+func without(cfg kernel.Config, options ...string) kernel.Config {
+	out := kernel.Config{}
+	for k, v := range cfg {
+		if !slices.Contains(options, k) {
+			out[k] = v
+		}
+	}
+	return out
+}
 
 func TestKernelFit(t *testing.T) {
 	firecrackerCI := kernel.Config{
@@ -42,8 +54,15 @@ func TestKernelFit(t *testing.T) {
 		fits    bool
 		reasons []string
 	}{
-		{name: "Debian cloud", cfg: debianCloud, format: "elf-pvh", mods: defaultModules,
-			reasons: []string{"CONFIG_VIRTIO_MMIO=m, needs =y", "CONFIG_VIRTIO_MMIO_CMDLINE_DEVICES is not set"}},
+		// Firecracker 1.8+ lists its devices in ACPI, where the modular driver finds them.
+		{name: "Debian cloud", cfg: debianCloud, format: "elf-pvh", mods: defaultModules, fits: true},
+		{name: "Debian cloud without virtio_mmio in the initramfs", cfg: debianCloud, format: "elf-pvh",
+			mods:    slices.DeleteFunc(slices.Clone(defaultModules), func(m string) bool { return m == "virtio_mmio" }),
+			reasons: []string{"the initramfs has no virtio_mmio"}},
+		{name: "modular virtio_mmio without ACPI", cfg: without(debianCloud, "CONFIG_ACPI"), format: "elf-pvh", mods: defaultModules,
+			reasons: []string{"cannot find Firecracker's virtio-mmio devices"}},
+		{name: "no virtio_mmio at all", cfg: without(debianCloud, "CONFIG_VIRTIO_MMIO"), format: "elf-pvh", mods: defaultModules,
+			reasons: []string{"CONFIG_VIRTIO_MMIO is not set"}},
 		{name: "Firecracker's CI config", cfg: firecrackerCI, format: "elf-pvh", fits: true},
 		{name: "drivers as modules in the initramfs", cfg: withModules, format: "elf-pvh", mods: defaultModules, fits: true},
 		{name: "drivers as modules not in the initramfs", cfg: withModules, format: "elf-pvh", mods: []string{"virtio_blk"},
@@ -79,9 +98,13 @@ func TestManifestFit(t *testing.T) {
 	if ok, known, _ := old.Fit(BackendFirecracker); ok || known {
 		t.Errorf("old manifest: firecracker ok=%v known=%v, want unknown", ok, known)
 	}
-	no := Manifest{Backends: []string{"qemu"}, Unsupported: map[string]string{"firecracker": "why"}}
+	no := Manifest{Backends: []string{"qemu"}, Unsupported: map[string]string{"firecracker": "why"}, FitRules: FitRules}
 	if ok, known, why := no.Fit(BackendFirecracker); ok || !known || why != "why" {
 		t.Errorf("unsupported: %v %v %q", ok, known, why)
+	}
+	no.FitRules = FitRules - 1
+	if ok, known, _ := no.Fit(BackendFirecracker); ok || known {
+		t.Errorf("unsupported by older rules: ok=%v known=%v, want unknown (bootstrap decides again)", ok, known)
 	}
 	yes := Manifest{Backends: []string{"qemu", "firecracker"}}
 	if ok, known, _ := yes.Fit(BackendFirecracker); !ok || !known {

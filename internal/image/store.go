@@ -47,6 +47,9 @@ type Manifest struct {
 	// Manifests written before it existed have neither it nor "firecracker"
 	// in Backends; Fit reports them as not known.
 	Unsupported map[string]string `json:"unsupported_backends,omitempty"`
+	// FitRules is the version of the rules Backends was decided by (see
+	// image.FitRules); 0 for manifests from before it was recorded.
+	FitRules int `json:"fit_rules,omitempty"`
 }
 
 // Image is a stored image.
