@@ -61,6 +61,10 @@ func (r Root) Snapshots() string { return filepath.Join(r.Dir, "snapshots") }
 // Snapshot returns the layout of one snapshot's directory, keyed by its ID.
 func (r Root) Snapshot(id string) SnapDir { return SnapDir{Dir: filepath.Join(r.Snapshots(), id)} }
 
+// Jail is the chroot base of VMs run under Firecracker's jailer. It must be on
+// the VMs' filesystem: their disks are hard linked into their chroots.
+func (r Root) Jail() string { return filepath.Join(r.Dir, "jail") }
+
 // SnapshotKey is the host key that seals snapshots (0600).
 func (r Root) SnapshotKey() string { return filepath.Join(r.Dir, "snapshot.key") }
 

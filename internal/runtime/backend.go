@@ -3,8 +3,11 @@ package runtime
 import (
 	"errors"
 	"fmt"
+	"os"
 
+	"github.com/mvm-dev/mvm/internal/fcinstall"
 	"github.com/mvm-dev/mvm/internal/image"
+	"github.com/mvm-dev/mvm/internal/layout"
 	"github.com/mvm-dev/mvm/internal/vm"
 	"github.com/mvm-dev/mvm/internal/vmm/firecracker"
 )
@@ -57,4 +60,18 @@ func (r *Runtime) firecrackerFits(img image.Image) error {
 		return fmt.Errorf("image %s was built before mvm recorded which hypervisors its kernel fits: run `mvmctl bootstrap` to record it", img.Name)
 	}
 	return fmt.Errorf("the kernel of image %s does not fit Firecracker (%s): see `mvmctl doctor --firecracker`", img.Name, reason)
+}
+
+// checkJailer says what keeps --jailer from working here.
+func checkJailer(root layout.Root, b *firecracker.Backend) error {
+	if b.IsTestDouble() {
+		return errors.New("--jailer: the Firecracker test double does not run under the jailer")
+	}
+	if _, err := fcinstall.Lookup(root.Bin(), firecracker.JailerBinary); err != nil {
+		return fmt.Errorf("--jailer: %w: it ships with firecracker, `mvmctl bootstrap --firecracker` installs both", err)
+	}
+	if os.Geteuid() != 0 {
+		return errors.New("--jailer needs root (the jailer chroots, makes device nodes and switches uid): run as root")
+	}
+	return nil
 }

@@ -1,6 +1,7 @@
 package runtime
 
 import (
+	"context"
 	"os"
 	"strings"
 	"syscall"
@@ -11,7 +12,9 @@ import (
 	"github.com/mvm-dev/mvm/internal/procutil"
 	"github.com/mvm-dev/mvm/internal/snapfile"
 	"github.com/mvm-dev/mvm/internal/store"
+	"github.com/mvm-dev/mvm/internal/supervisor"
 	"github.com/mvm-dev/mvm/internal/vm"
+	"github.com/mvm-dev/mvm/internal/vmm/firecracker"
 )
 
 // Reconcile repairs state after crashes: a VM whose owner (CLI while creating,
@@ -54,6 +57,9 @@ func (r *Runtime) cleanupDead(rec vm.Record) {
 	if procutil.Alive(rec.HypervisorPID, rec.HypervisorStart) {
 		_ = procutil.Kill(rec.HypervisorPID, rec.HypervisorStart, syscall.SIGKILL)
 		procutil.WaitGone(rec.HypervisorPID, rec.HypervisorStart, 5*time.Second)
+	}
+	if rec.Spec.Jailer {
+		r.cleanupJail(rec)
 	}
 	if rec.TAP != "" {
 		_ = network.DeleteLink(rec.TAP)
@@ -142,4 +148,24 @@ func (r *Runtime) sweepOrphanDirs() error {
 		lock.Unlock()
 	}
 	return nil
+}
+
+// cleanupJail ends what a jailed Firecracker left when its supervisor died (it
+// does not die with it: the jailer's uid switch clears the parent-death
+// signal, so its cgroup is what reaches it) and removes its chroot and cgroup.
+func (r *Runtime) cleanupJail(rec vm.Record) {
+	b, err := firecracker.New(firecracker.HostOptions(r.Root.Bin()))
+	if err != nil {
+		r.Log.Warn("cannot clean up the VM's jail", "vm", rec.Spec.Name, "err", err)
+		return
+	}
+	opts := firecracker.VMOptions{Jailer: supervisor.JailerFor(r.Root, rec)}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := b.KillJail(ctx, rec.JailName(), opts); err != nil {
+		r.Log.Warn("end the VM's jailed processes", "vm", rec.Spec.Name, "err", err)
+	}
+	if err := b.RemoveJail(rec.JailName(), opts); err != nil {
+		r.Log.Warn("remove the VM's jail", "vm", rec.Spec.Name, "err", err)
+	}
 }

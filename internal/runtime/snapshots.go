@@ -458,6 +458,14 @@ func (r *Runtime) resolveRestore(ctx context.Context, o *UpOptions) (*restoreSou
 		return nil, err
 	}
 	src.meta = m
+	// Firecracker recorded its chroot's paths, or the VM directory's: a snapshot
+	// restores in the mode it was taken in.
+	if s.Jailer && !m.Jailed {
+		return nil, fmt.Errorf("%s was taken of a VM not under the jailer and restores only so: drop --jailer", from)
+	}
+	if m.Jailed {
+		o.Spec.Jailer, o.Spec.Hypervisor = true, vm.HypervisorFirecracker
+	}
 	return src, nil
 }
 

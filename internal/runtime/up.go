@@ -76,8 +76,14 @@ func (r *Runtime) Validate(spec vm.Spec) error {
 	if spec.Hypervisor == vm.HypervisorFirecracker {
 		// What this host lacks (the binary, KVM) comes first; the image's fit is
 		// checked once the image is known.
-		if _, err := firecracker.New(firecracker.HostOptions(r.Root.Bin())); err != nil {
+		b, err := firecracker.New(firecracker.HostOptions(r.Root.Bin()))
+		if err != nil {
 			return fmt.Errorf("--hypervisor firecracker: %w; or use --hypervisor qemu", err)
+		}
+		if spec.Jailer {
+			if err := checkJailer(r.Root, b); err != nil {
+				return err
+			}
 		}
 	}
 	if err := forward.CheckFree(spec.Ports); err != nil {
@@ -199,6 +205,15 @@ func (r *Runtime) Up(ctx context.Context, o UpOptions) (*Started, error) {
 			}
 		} else if tx.HasVM(rec.Spec.Name) {
 			return fmt.Errorf("a VM named %q already exists: pick another --name, or remove it with `mvmctl down %s`", rec.Spec.Name, rec.Spec.Name)
+		}
+		if rec.Spec.Jailer {
+			vms, err := tx.VMs()
+			if err != nil {
+				return err
+			}
+			if rec.JailUID, err = vm.FreeJailUID(vms); err != nil {
+				return err
+			}
 		}
 		if rec.Spec.Network != vm.NetworkNone {
 			var n store.Network

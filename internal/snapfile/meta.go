@@ -27,26 +27,29 @@ type FileEntry struct {
 // Meta is the content of a snapshot's meta.json: what the snapshot is, the
 // facts a host must match to restore it, and the digest of every file.
 type Meta struct {
-	Format         int         `json:"format"`
-	ID             string      `json:"id"`
-	Name           string      `json:"name"`
-	Kind           string      `json:"kind"`   // "snapshot", "template", "sleep"
-	Source         string      `json:"source"` // VM name it was taken from
-	CreatedAt      time.Time   `json:"created_at"`
-	MvmVersion     string      `json:"mvm_version"`
-	AgentProto     int         `json:"agent_proto"`
-	Backend        string      `json:"backend"`         // "qemu"
-	BackendVersion string      `json:"backend_version"` // e.g. "7.2.19"
-	Accel          string      `json:"accel"`           // "kvm" or "tcg"
-	CPUModel       string      `json:"cpu_model"`
-	CPUFlags       []string    `json:"cpu_flags"`
-	ImageDigest    string      `json:"image_digest"`
-	Kernel         string      `json:"kernel"`
-	CPUs           int         `json:"cpus"`
-	MemoryMiB      int64       `json:"memory_mib"`
-	DataDiskMiB    int64       `json:"data_disk_mib,omitempty"`
-	NIC            bool        `json:"nic"`
-	Files          []FileEntry `json:"files"`
+	Format         int       `json:"format"`
+	ID             string    `json:"id"`
+	Name           string    `json:"name"`
+	Kind           string    `json:"kind"`   // "snapshot", "template", "sleep"
+	Source         string    `json:"source"` // VM name it was taken from
+	CreatedAt      time.Time `json:"created_at"`
+	MvmVersion     string    `json:"mvm_version"`
+	AgentProto     int       `json:"agent_proto"`
+	Backend        string    `json:"backend"`         // "qemu" or "firecracker"
+	BackendVersion string    `json:"backend_version"` // e.g. "7.2.19"
+	Accel          string    `json:"accel"`           // "kvm" or "tcg"
+	CPUModel       string    `json:"cpu_model"`
+	CPUFlags       []string  `json:"cpu_flags"`
+	ImageDigest    string    `json:"image_digest"`
+	Kernel         string    `json:"kernel"`
+	CPUs           int       `json:"cpus"`
+	MemoryMiB      int64     `json:"memory_mib"`
+	DataDiskMiB    int64     `json:"data_disk_mib,omitempty"`
+	NIC            bool      `json:"nic"`
+	// Jailed says Firecracker ran under its jailer: the paths it recorded are
+	// its chroot's, so the snapshot restores under the jailer only.
+	Jailed bool        `json:"jailed,omitempty"`
+	Files  []FileEntry `json:"files"`
 }
 
 // File returns the entry for the file with the given base name.

@@ -10,6 +10,7 @@ import (
 
 	"github.com/mvm-dev/mvm/internal/agent/client"
 	"github.com/mvm-dev/mvm/internal/agent/proto"
+	"github.com/mvm-dev/mvm/internal/layout"
 	"github.com/mvm-dev/mvm/internal/snapfile"
 	"github.com/mvm-dev/mvm/internal/vm"
 	"github.com/mvm-dev/mvm/internal/vmm"
@@ -54,6 +55,13 @@ func (s *supervisor) startHypervisor(ctx context.Context, cfg vmm.Config, mem *o
 	if s.tap != nil {
 		vmo.TAPName = s.tap.Name
 	}
+	if s.rec.Spec.Jailer {
+		if err := os.MkdirAll(s.o.Root.Jail(), 0o755); err != nil {
+			return nil, fmt.Errorf("jailer: %w", err)
+		}
+		cfg.Name = s.rec.JailName()
+		vmo.Jailer = JailerFor(s.o.Root, s.rec)
+	}
 	if s.restore != nil {
 		return backend.StartFromSnapshot(ctx, cfg, vmo, firecracker.Snapshot{
 			StatePath: s.restore.dir.Path(snapfile.FileState),
@@ -61,6 +69,14 @@ func (s *supervisor) startHypervisor(ctx context.Context, cfg vmm.Config, mem *o
 		})
 	}
 	return backend.StartVM(ctx, cfg, vmo)
+}
+
+// JailerFor is how a VM with Spec.Jailer runs under Firecracker's jailer: its
+// own uid and gid, a chroot under the root's jail directory, cgroup limits from
+// its resources (the jailer's defaults for the rest). The runtime uses the same
+// to clean up after a supervisor that died.
+func JailerFor(root layout.Root, rec vm.Record) *firecracker.Jailer {
+	return &firecracker.Jailer{ChrootBaseDir: root.Jail(), UID: rec.JailUID, GID: rec.JailUID}
 }
 
 // hybridAgent reaches the guest agent through Firecracker's hybrid-vsock

@@ -34,6 +34,7 @@ import (
 	"github.com/mvm-dev/mvm/internal/store"
 	"github.com/mvm-dev/mvm/internal/vm"
 	"github.com/mvm-dev/mvm/internal/vmm"
+	"github.com/mvm-dev/mvm/internal/vmm/firecracker"
 	"github.com/mvm-dev/mvm/internal/vmm/qemu"
 )
 
@@ -663,6 +664,11 @@ func (s *supervisor) teardown(reason string) {
 	}
 	if s.tap != nil {
 		s.tap.Close()
+	}
+	if fc, ok := s.inst.(*firecracker.Instance); ok && s.rec.Spec.Jailer {
+		if err := fc.RemoveJail(); err != nil {
+			s.o.Log.Error("remove the VM's jail", "err", err)
+		}
 	}
 	// A VM that went to sleep, or failed to wake before it ran, keeps its disks, its
 	// saved state and its address.

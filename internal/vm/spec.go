@@ -26,15 +26,18 @@ const MinDataDiskMiB = 8
 
 // Spec is what a user asks for with `mvmctl up`.
 type Spec struct {
-	Name        string     `json:"name"`
-	Image       string     `json:"image"`
-	CPUs        int        `json:"cpus"`
-	MemoryMiB   int64      `json:"memory_mib"`
-	DataDiskMiB int64      `json:"data_disk_mib,omitempty"`
-	Network     string     `json:"network"`
-	Hypervisor  string     `json:"hypervisor"`
-	Ports       []PortSpec `json:"ports,omitempty"`
-	Egress      Egress     `json:"egress"`
+	Name        string `json:"name"`
+	Image       string `json:"image"`
+	CPUs        int    `json:"cpus"`
+	MemoryMiB   int64  `json:"memory_mib"`
+	DataDiskMiB int64  `json:"data_disk_mib,omitempty"`
+	Network     string `json:"network"`
+	Hypervisor  string `json:"hypervisor"`
+	// Jailer runs Firecracker under its jailer: chroot, a uid and gid of the
+	// VM's own, cgroup v2 limits from the VM's resources.
+	Jailer bool       `json:"jailer,omitempty"`
+	Ports  []PortSpec `json:"ports,omitempty"`
+	Egress Egress     `json:"egress"`
 }
 
 // Validate checks a spec against the host's limits. hostCPUs is the number of host cores.
@@ -64,6 +67,9 @@ func (s Spec) Validate(hostCPUs int) error {
 	case HypervisorAuto, HypervisorQEMU, HypervisorFirecracker:
 	default:
 		return fmt.Errorf("--hypervisor %q is unknown: use auto, qemu or firecracker", s.Hypervisor)
+	}
+	if s.Jailer && s.Hypervisor != HypervisorFirecracker {
+		return fmt.Errorf("--jailer is Firecracker's: add --hypervisor firecracker")
 	}
 	return nil
 }
@@ -106,6 +112,35 @@ type Record struct {
 	SupervisorStart uint64 `json:"supervisor_start,omitempty"`
 	HypervisorPID   int    `json:"hypervisor_pid,omitempty"`
 	HypervisorStart uint64 `json:"hypervisor_start,omitempty"`
+
+	// JailUID is the uid and gid a jailed Firecracker runs as (Spec.Jailer): one
+	// per VM, so no two VMs share their files or processes.
+	JailUID int `json:"jail_uid,omitempty"`
+}
+
+// Jail uids: a range far above login users and the usual subordinate-id
+// ranges of user namespaces (/etc/subuid starts at 100000).
+const (
+	JailUIDBase  = 1 << 30
+	JailUIDCount = 1 << 16
+)
+
+// JailName is the jailer's --id for the VM: its id, not its name, so that the
+// chroot path stays short and a new VM of the same name never meets an old jail.
+func (r Record) JailName() string { return "mvm-" + r.ID }
+
+// FreeJailUID is the lowest jail uid none of vms holds.
+func FreeJailUID(vms []Record) (int, error) {
+	used := make(map[int]bool, len(vms))
+	for _, v := range vms {
+		used[v.JailUID] = true
+	}
+	for uid := JailUIDBase; uid < JailUIDBase+JailUIDCount; uid++ {
+		if !used[uid] {
+			return uid, nil
+		}
+	}
+	return 0, fmt.Errorf("all %d jail uids are in use: remove VMs with `mvmctl down`", JailUIDCount)
 }
 
 // SetState moves the record to a new state, enforcing the state machine.

@@ -91,6 +91,8 @@ func TestSpecValidate(t *testing.T) {
 		{func(s *Spec) { s.Hypervisor = "xen" }, "auto, qemu or firecracker"},
 		{func(s *Spec) { s.Name = "Bad" }, "invalid"},
 		{func(s *Spec) { s.Image = "" }, "image is empty"},
+		{func(s *Spec) { s.Jailer = true }, "add --hypervisor firecracker"},
+		{func(s *Spec) { s.Jailer, s.Hypervisor = true, HypervisorFirecracker }, ""},
 	}
 	for _, tc := range tests {
 		s := good
@@ -160,5 +162,41 @@ func TestParseMiB(t *testing.T) {
 		if (tc.err == "") != (err == nil) || (err != nil && !strings.Contains(err.Error(), tc.err)) || got != tc.want {
 			t.Errorf("%q: %d %v", tc.in, got, err)
 		}
+	}
+}
+
+func TestFreeJailUID(t *testing.T) {
+	recs := func(uids ...int) []Record {
+		var out []Record
+		for _, u := range uids {
+			out = append(out, Record{JailUID: u})
+		}
+		return out
+	}
+	full := make([]int, JailUIDCount)
+	for i := range full {
+		full[i] = JailUIDBase + i
+	}
+	tests := []struct {
+		name string
+		vms  []Record
+		want int
+		err  bool
+	}{
+		{"none", nil, JailUIDBase, false},
+		{"unjailed VMs hold no uid", recs(0, 0), JailUIDBase, false},
+		{"lowest free", recs(JailUIDBase, JailUIDBase+2), JailUIDBase + 1, false},
+		{"all taken", recs(full...), 0, true},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			got, err := FreeJailUID(tc.vms)
+			if (err != nil) != tc.err || got != tc.want {
+				t.Errorf("FreeJailUID = %d, %v; want %d (error %v)", got, err, tc.want, tc.err)
+			}
+		})
+	}
+	if n := (Record{ID: "0123456789abcdef"}).JailName(); n != "mvm-0123456789abcdef" {
+		t.Errorf("JailName = %q", n)
 	}
 }

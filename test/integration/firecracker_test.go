@@ -59,6 +59,22 @@ func TestFirecrackerBackend(t *testing.T) {
 		t.Errorf("a refused up left VM directories: %v", dirs)
 	}
 
+	for _, bad := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"--jailer"}, "add --hypervisor firecracker"},
+		{[]string{"--jailer", "--hypervisor", "firecracker"}, "test double does not run under the jailer"},
+	} {
+		r := e.run(append([]string{"up", "-d", "--name", "bad"}, bad.args...)...)
+		if r.code == 0 || !strings.Contains(r.stderr, bad.want) {
+			t.Errorf("up %v: exit %d: %s (want %q)", bad.args, r.code, r.stderr, bad.want)
+		}
+	}
+	if dirs := e.vmDirs(); len(dirs) != 0 {
+		t.Errorf("refused ups left VM directories: %v", dirs)
+	}
+
 	out := e.must("up", "-d", "--name", "fc1", "--hypervisor", "firecracker", "--data-disk", "32M", "--memory", "256M")
 	if !strings.Contains(out, "backend firecracker") {
 		t.Errorf("up said: %s", out)
@@ -162,6 +178,20 @@ func TestFirecrackerBackend(t *testing.T) {
 	}
 	if r := e.exec("fc3", "ping", "-c", "1", "-W", "5", ip); r.code != 0 {
 		t.Errorf("the clone -> its source: %+v", r)
+	}
+
+	// Sleep and wake: the state goes to files and comes back in the same directory.
+	e.mustExec("fc3", "sh", "-c", "echo in-memory > /dev/shm/m")
+	e.must("sleep", "fc3")
+	if v := e.vm("fc3"); v.State != "sleeping" {
+		t.Errorf("after sleep: %+v", v)
+	}
+	e.must("wake", "fc3")
+	if got := e.mustExec("fc3", "cat", "/dev/shm/m", "/mnt/data/marker"); got != "in-memory\non-data\n" {
+		t.Errorf("after wake: %q", got)
+	}
+	if after := e.vm("fc3"); after.IP != fc3.IP || after.MAC != fc3.MAC || after.Backend != "firecracker" {
+		t.Errorf("after wake: %+v, before %+v", after, fc3)
 	}
 
 	// auto picks Firecracker when it is usable; QEMU runs beside it when asked.
