@@ -150,8 +150,9 @@ func (i *Instance) CreateSnapshot(ctx context.Context, statePath, memPath string
 }
 
 // Announce implements vmm.Instance. Firecracker has no equivalent of QEMU's
-// announce-self; the guest agent sends the gratuitous ARP itself after a
-// restore, so there is nothing to do here.
+// announce-self, and mvm needs none: a VM's MAC is derived from its address,
+// so no neighbour entry on the host can name another MAC for a clone's
+// address, and the bridge learns the clone's port from its first frame.
 func (i *Instance) Announce(context.Context) error { return nil }
 
 // Version implements vmm.Instance (GET /version).
