@@ -145,7 +145,9 @@ func Boot(ctx context.Context, o BootOptions) (BootReport, error) {
 
 func mvmctlUp(ctx context.Context, o BootOptions, name, network string) (time.Duration, error) {
 	start := time.Now()
-	out, err := exec.CommandContext(ctx, o.Mvmctl, "--root", o.Root.Dir, "up", "-d", "--name", name, "--network", network).CombinedOutput()
+	// QEMU, as the baseline is: auto would pick Firecracker where it can run.
+	out, err := exec.CommandContext(ctx, o.Mvmctl, "--root", o.Root.Dir, "up", "-d", "--name", name, "--network", network,
+		"--hypervisor", "qemu").CombinedOutput()
 	d := time.Since(start)
 	if err != nil {
 		return 0, fmt.Errorf("mvmctl up: %w: %s", err, out)
