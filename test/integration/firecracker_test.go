@@ -64,7 +64,7 @@ func TestFirecrackerBackend(t *testing.T) {
 		want string
 	}{
 		{[]string{"--jailer"}, "add --hypervisor firecracker"},
-		{[]string{"--jailer", "--hypervisor", "firecracker"}, "test double does not run under the jailer"},
+		{[]string{"--jailer", "--hypervisor", "firecracker"}, "bootstrap --firecracker"},
 	} {
 		r := e.run(append([]string{"up", "-d", "--name", "bad"}, bad.args...)...)
 		if r.code == 0 || !strings.Contains(r.stderr, bad.want) {
