@@ -67,6 +67,9 @@ func newInspectCmd(a *app) *cobra.Command {
 			}
 			row("Egress", egress)
 			row("Image", v.Image+" ("+shortDigest(v.ImageDigest)+", kernel "+v.Kernel+")")
+			if rec.Spec.Kernel != "" {
+				row("Kernel", v.Kernel+" from --kernel "+rec.Spec.Kernel+" (the VM boots its own copy)")
+			}
 			row("Created", v.CreatedAt.Local().Format(time.RFC3339))
 			if info != nil {
 				printGuestInfo(w, info)

@@ -132,6 +132,8 @@ func newUpCmd(a *app) *cobra.Command {
 		"(names are resolved when the VM starts)")
 	f.StringVar(&spec.Hypervisor, "hypervisor", vm.HypervisorAuto, "hypervisor: auto (Firecracker where it and KVM are usable and the image's kernel fits it, else QEMU), qemu or firecracker")
 	f.BoolVar(&spec.Jailer, "jailer", false, "run Firecracker under its jailer: chroot, a uid/gid of the VM's own, cgroup v2 limits (needs --hypervisor firecracker)")
+	f.StringVar(&spec.Kernel, "kernel", "", "boot this kernel with the image's initramfs and rootfs: an uncompressed ELF vmlinux,\n"+
+		"or a bzImage for QEMU only (default: the image's)")
 	f.BoolVarP(&detach, "detach", "d", false, "run in the background and return once the guest agent answers")
 	f.DurationVar(&bootTimeout, "boot-timeout", 2*time.Minute, "give up if the guest agent has not answered by then")
 	f.StringVar(&snapshot, "snapshot", "", "start from this snapshot (see `mvmctl snapshot ls`) instead of booting")

@@ -51,7 +51,14 @@ func mountEarly() error {
 
 // loadModules loads the bus drivers, then the drivers for the devices found on the bus.
 func loadModules(log *slog.Logger) error {
-	raw, err := os.ReadFile(kmod.ManifestPath)
+	return loadModulesFrom(log, kmod.ManifestPath, kernelRelease(), finitModule)
+}
+
+// loadModulesFrom is loadModules with its manifest, the running kernel's release
+// and the loader given. A kernel other than the one the modules were built for
+// (up --kernel) would refuse them: it boots on its built-in drivers, or not at all.
+func loadModulesFrom(log *slog.Logger, manifest, release string, finit func(path string) error) error {
+	raw, err := os.ReadFile(manifest)
 	if err != nil {
 		return fmt.Errorf("module manifest: %w", err)
 	}
@@ -59,13 +66,18 @@ func loadModules(log *slog.Logger) error {
 	if err := json.Unmarshal(raw, &m); err != nil {
 		return fmt.Errorf("module manifest: %w", err)
 	}
+	if release != "" && !m.BuiltFor(release) {
+		log.Info("not loading the initramfs's modules: they are for kernel "+m.Kernel+", not "+release+
+			"; this kernel must have its virtio drivers built in", "modules", len(m.Modules))
+		return nil
+	}
 	loaded := map[string]bool{}
 	load := func(mods []kmod.Module) error {
 		for _, mod := range mods {
 			if loaded[mod.Name] {
 				continue
 			}
-			if err := finitModule(mod.File); err != nil {
+			if err := finit(mod.File); err != nil {
 				return fmt.Errorf("load module %s: %w", mod.Name, err)
 			}
 			loaded[mod.Name] = true
@@ -81,6 +93,16 @@ func loadModules(log *slog.Logger) error {
 	}
 	log.Debug("modules loaded", "count", len(loaded), "devices", len(aliases))
 	return nil
+}
+
+// kernelRelease is what `uname -r` says ("" if it cannot be read: the modules
+// are then loaded as if it matched).
+func kernelRelease() string {
+	var u unix.Utsname
+	if err := unix.Uname(&u); err != nil {
+		return ""
+	}
+	return unix.ByteSliceToString(u.Release[:])
 }
 
 func finitModule(path string) error {

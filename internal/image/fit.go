@@ -76,28 +76,66 @@ func KernelFit(cfg kernel.Config, format string, initramfs []string) (backends [
 	// default image's modules are chosen for it.
 	backends = []string{BackendQEMU}
 	var missing []string
-	if format != "elf-pvh" {
+	if format != "elf-pvh" && format != kernel.FormatELF { // a user's vmlinux (up --kernel) may have no PVH note
 		missing = append(missing, "the kernel is a "+format+", Firecracker boots an uncompressed ELF vmlinux")
 	}
 	if ok, why := findsDevices(cfg, initramfs); !ok {
 		missing = append(missing, why)
 	}
 	for _, r := range firecrackerNeeds {
-		switch v := cfg[r.option]; {
-		case v == kernel.BuiltIn:
-		case v == kernel.Module && r.module != "" && slices.Contains(initramfs, r.module):
-		case v == kernel.Module && r.module != "":
-			missing = append(missing, fmt.Sprintf("%s=m but the initramfs has no %s (%s)", r.option, r.module, r.what))
-		case v == kernel.Module:
-			missing = append(missing, fmt.Sprintf("%s=m, needs =y (%s)", r.option, r.what))
-		default:
-			missing = append(missing, fmt.Sprintf("%s is not set (%s)", r.option, r.what))
+		if why := r.unmet(cfg, initramfs); why != "" {
+			missing = append(missing, why)
 		}
 	}
 	if len(missing) > 0 {
 		return backends, map[string]string{BackendFirecracker: strings.Join(missing, "; ")}
 	}
 	return append(backends, BackendFirecracker), nil
+}
+
+// qemuNeeds is what the guest asks of a kernel on QEMU microvm, whose devices
+// are virtio-mmio listed in ACPI. The default image's kernel meets it with the
+// modules of its initramfs; a user's kernel (up --kernel) is judged by it.
+var qemuNeeds = []requirement{
+	{option: "CONFIG_BLK_DEV_INITRD", what: "the agent starts from the initramfs"},
+	{option: "CONFIG_DEVTMPFS", what: "the agent finds its drives in devtmpfs"},
+	{option: "CONFIG_ACPI", what: "QEMU microvm lists its virtio-mmio devices in ACPI"},
+	{option: "CONFIG_VIRTIO_MMIO", what: "QEMU microvm's devices are virtio-mmio", module: "virtio_mmio"},
+	{option: "CONFIG_VIRTIO_BLK", what: "the rootfs is a virtio-blk drive", module: "virtio_blk"},
+	{option: "CONFIG_VIRTIO_CONSOLE", what: "the agent's channel on QEMU is a virtio-serial port", module: "virtio_console"},
+	{option: "CONFIG_EXT4_FS", what: "the rootfs is ext4"},
+}
+
+// QEMUMissing says what a kernel lacks to boot the guest on QEMU, judged by its
+// build config and the modules of the initramfs it will load; nic adds the
+// network card's driver. Empty means nothing is missing.
+func QEMUMissing(cfg kernel.Config, initramfs []string, nic bool) []string {
+	needs := qemuNeeds
+	if nic {
+		needs = append(slices.Clone(needs), requirement{option: "CONFIG_VIRTIO_NET", what: "the network card is virtio-net", module: "virtio_net"})
+	}
+	var missing []string
+	for _, r := range needs {
+		if why := r.unmet(cfg, initramfs); why != "" {
+			missing = append(missing, why)
+		}
+	}
+	return missing
+}
+
+// unmet says how cfg and the initramfs's modules fail r; "" when they meet it.
+func (r requirement) unmet(cfg kernel.Config, initramfs []string) string {
+	switch v := cfg[r.option]; {
+	case v == kernel.BuiltIn:
+	case v == kernel.Module && r.module != "" && slices.Contains(initramfs, r.module):
+	case v == kernel.Module && r.module != "":
+		return fmt.Sprintf("%s=m but the initramfs has no %s for this kernel (%s)", r.option, r.module, r.what)
+	case v == kernel.Module:
+		return fmt.Sprintf("%s=m, needs =y (%s)", r.option, r.what)
+	default:
+		return fmt.Sprintf("%s is not set (%s)", r.option, r.what)
+	}
+	return ""
 }
 
 // noConfigFit is the fit of a kernel whose package carries no build config:

@@ -157,3 +157,56 @@ func TestRecordFitOnOldManifest(t *testing.T) {
 		t.Errorf("manifest %s: %v", b, err)
 	}
 }
+
+// A user's vmlinux without a PVH note (up --kernel) boots on Firecracker.
+func TestKernelFitELFWithoutPVH(t *testing.T) {
+	firecrackerCI := kernel.Config{
+		"CONFIG_VIRTIO_MMIO": "y", "CONFIG_VIRTIO_MMIO_CMDLINE_DEVICES": "y", "CONFIG_VIRTIO_BLK": "y", "CONFIG_VIRTIO_NET": "y",
+		"CONFIG_VIRTIO_VSOCKETS": "y", "CONFIG_SERIAL_8250": "y", "CONFIG_SERIAL_8250_CONSOLE": "y",
+	}
+	if backends, unsupported := KernelFit(firecrackerCI, kernel.FormatELF, nil); !slices.Contains(backends, BackendFirecracker) {
+		t.Errorf("backends %v (%v)", backends, unsupported)
+	}
+}
+
+func TestQEMUMissing(t *testing.T) {
+	// Debian's cloud kernel (6.1.0-48-cloud-amd64) as far as QEMU is concerned.
+	debian := kernel.Config{"CONFIG_BLK_DEV_INITRD": "y", "CONFIG_DEVTMPFS": "y", "CONFIG_ACPI": "y", "CONFIG_VIRTIO_MMIO": "m",
+		"CONFIG_VIRTIO_BLK": "m", "CONFIG_VIRTIO_CONSOLE": "m", "CONFIG_EXT4_FS": "y", "CONFIG_VIRTIO_NET": "m"}
+	builtIn := kernel.Config{}
+	for k := range debian {
+		builtIn[k] = "y"
+	}
+	cases := []struct {
+		name string
+		cfg  kernel.Config
+		mods []string
+		nic  bool
+		want []string // substrings of the reasons, in order; none: it fits
+	}{
+		{name: "Debian with its own modules", cfg: debian, mods: defaultModules, nic: true},
+		{name: "Debian without modules that load", cfg: debian, nic: true, want: []string{
+			"CONFIG_VIRTIO_MMIO=m but the initramfs has no virtio_mmio for this kernel",
+			"CONFIG_VIRTIO_BLK=m", "CONFIG_VIRTIO_CONSOLE=m", "CONFIG_VIRTIO_NET=m"}},
+		{name: "drivers built in", cfg: builtIn, nic: true},
+		{name: "no NIC, no virtio-net", cfg: without(builtIn, "CONFIG_VIRTIO_NET")},
+		{name: "a NIC needs virtio-net", cfg: without(builtIn, "CONFIG_VIRTIO_NET"), nic: true, want: []string{"CONFIG_VIRTIO_NET is not set"}},
+		{name: "ext4 as a module", cfg: func() kernel.Config { c := without(builtIn); c["CONFIG_EXT4_FS"] = "m"; return c }(), mods: defaultModules,
+			want: []string{"CONFIG_EXT4_FS=m, needs =y (the rootfs is ext4)"}},
+		{name: "no ACPI, no initramfs", cfg: without(builtIn, "CONFIG_ACPI", "CONFIG_BLK_DEV_INITRD"),
+			want: []string{"CONFIG_BLK_DEV_INITRD is not set", "CONFIG_ACPI is not set"}},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			got := QEMUMissing(tc.cfg, tc.mods, tc.nic)
+			if len(got) != len(tc.want) {
+				t.Fatalf("missing %q, want %q", got, tc.want)
+			}
+			for i, w := range tc.want {
+				if !strings.Contains(got[i], w) {
+					t.Errorf("reason %d = %q, want it to contain %q", i, got[i], w)
+				}
+			}
+		})
+	}
+}

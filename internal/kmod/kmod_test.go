@@ -95,3 +95,15 @@ func TestManifestSelect(t *testing.T) {
 		t.Fatalf("select: %s", got)
 	}
 }
+
+func TestManifestBuiltFor(t *testing.T) {
+	m := Manifest{Kernel: "6.1.0-48-cloud-amd64"}
+	for release, want := range map[string]bool{"6.1.0-48-cloud-amd64": true, "6.1.0-49-cloud-amd64": false, "6.6.7-fc-ci": false, "": false} {
+		if got := m.BuiltFor(release); got != want {
+			t.Errorf("BuiltFor(%q) = %v, want %v", release, got, want)
+		}
+	}
+	if !(Manifest{}).BuiltFor("6.6.7") {
+		t.Error("a manifest naming no kernel is for any")
+	}
+}

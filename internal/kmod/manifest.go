@@ -22,6 +22,12 @@ type Manifest struct {
 	Modules []Module `json:"modules"`
 }
 
+// BuiltFor says whether the modules were built for the kernel release (what
+// `uname -r` says): a module loads only into the kernel it was built for, and a
+// user may boot the image's initramfs with a kernel of their own. A manifest
+// naming no kernel is taken to be for any.
+func (m Manifest) BuiltFor(release string) bool { return m.Kernel == "" || m.Kernel == release }
+
 // Select returns, in load order, the modules to load for the given device modaliases
 // (such as "virtio:d00000002v00001AF4"): every Always module, every module with an
 // alias matching a device, and their dependencies.

@@ -112,6 +112,11 @@ func (v VMDir) Secrets() string { return v.path("secrets.ext4") }
 // Data is the optional data drive (vdd).
 func (v VMDir) Data() string { return v.path("data.ext4") }
 
+// Kernel is the VM's own copy of the kernel it boots when it has one of its own
+// (up --kernel, or restored from a snapshot of such a VM), so that a change to
+// the user's file changes neither the VM nor its snapshots.
+func (v VMDir) Kernel() string { return v.path("kernel") }
+
 // Token is the host's copy of the agent token (0600).
 func (v VMDir) Token() string { return v.path("token") }
 
@@ -139,7 +144,8 @@ func (v VMDir) ControlSocket() string { return v.path("ctl.sock") }
 // RuntimeFiles are removed when the VM stops: its sockets, secrets and ephemeral disks.
 func (v VMDir) RuntimeFiles() []string {
 	return []string{v.AgentSocket(), v.ConsoleSocket(), v.ControlSocket(), v.Token(), v.Secrets(), v.Config(), v.Rootfs(),
-		v.path("api.sock"), v.path("vsock.sock")} // Firecracker's (see vmm/firecracker)
+		v.path("api.sock"), v.path("vsock.sock"), // Firecracker's (see vmm/firecracker)
+		v.Kernel()}
 }
 
 // RemoveRuntimeFiles removes the runtime files and any staging directory a killed
@@ -149,11 +155,11 @@ func (v VMDir) RemoveRuntimeFiles() {
 }
 
 // RemoveRuntimeFilesKeepingDisks is RemoveRuntimeFiles for a VM that sleeps: its
-// rootfs stays with its saved state.
+// rootfs (and its own kernel, if any) stays with its saved state.
 func (v VMDir) RemoveRuntimeFilesKeepingDisks() {
 	var files []string
 	for _, f := range v.RuntimeFiles() {
-		if f != v.Rootfs() {
+		if f != v.Rootfs() && f != v.Kernel() {
 			files = append(files, f)
 		}
 	}

@@ -424,6 +424,10 @@ func (r *Runtime) resolveRestore(ctx context.Context, o *UpOptions) (*restoreSou
 		snap = &s
 	}
 	s := o.Spec
+	if s.Kernel != "" {
+		// Its memory holds the running kernel, which restores with it.
+		return nil, fmt.Errorf("a VM from %s has the saved VM's kernel: drop --kernel", from)
+	}
 	var conflicts []string
 	if s.CPUs != 0 && s.CPUs != snap.CPUs {
 		conflicts = append(conflicts, fmt.Sprintf("--cpus (it has %d)", snap.CPUs))

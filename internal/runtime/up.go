@@ -18,6 +18,7 @@ import (
 	"github.com/mvm-dev/mvm/internal/layout"
 	"github.com/mvm-dev/mvm/internal/network"
 	"github.com/mvm-dev/mvm/internal/procutil"
+	"github.com/mvm-dev/mvm/internal/snapfile"
 	"github.com/mvm-dev/mvm/internal/store"
 	"github.com/mvm-dev/mvm/internal/supervisor"
 	"github.com/mvm-dev/mvm/internal/vm"
@@ -40,6 +41,8 @@ type UpOptions struct {
 	restore     *restoreSource // set by Prepare
 	prepared    bool
 	backendNote string // why auto did not pick Firecracker, where that needs saying
+
+	kernel *userKernel // up --kernel, inspected by Prepare
 }
 
 // Started is a VM that answered.
@@ -101,6 +104,9 @@ func (r *Runtime) Validate(spec vm.Spec) error {
 	if err != nil {
 		return err
 	}
+	if spec.Kernel != "" {
+		return r.validateKernel(spec, img) // the image's kernel is not the one that boots
+	}
 	if spec.Hypervisor == vm.HypervisorFirecracker {
 		if err := r.firecrackerFits(img); err != nil {
 			return fmt.Errorf("--hypervisor firecracker: %w; or use --hypervisor qemu", err)
@@ -140,6 +146,13 @@ func (r *Runtime) Prepare(ctx context.Context, o *UpOptions) error {
 	if err := r.Validate(o.Spec); err != nil {
 		return err
 	}
+	if o.Spec.Kernel != "" {
+		k, err := inspectKernel(o.Spec.Kernel)
+		if err != nil {
+			return err
+		}
+		o.kernel, o.Spec.Kernel = k, k.path // the supervisor runs elsewhere: an absolute path
+	}
 	o.prepared = true
 	return nil
 }
@@ -158,7 +171,12 @@ func (r *Runtime) Up(ctx context.Context, o UpOptions) (*Started, error) {
 	if err != nil {
 		return nil, err
 	}
-	backend, note, err := r.chooseBackend(o.Spec, img, o.restore)
+	var backend, note string
+	if o.kernel != nil {
+		backend, note, err = r.chooseForKernel(o.Spec, img, o.kernel)
+	} else {
+		backend, note, err = r.chooseBackend(o.Spec, img, o.restore)
+	}
 	if err != nil {
 		return nil, err
 	}
@@ -190,6 +208,12 @@ func (r *Runtime) Up(ctx context.Context, o UpOptions) (*Started, error) {
 		Template: o.Template}
 	if o.restore != nil {
 		rec.RestoreFrom, rec.FromSnapshot = o.restore.dir, o.restore.from
+		if _, own := o.restore.meta.File(snapfile.FileKernel); own {
+			rec.Kernel = o.restore.meta.Kernel // the saved VM's own kernel, which it restores with
+		}
+	}
+	if o.kernel != nil {
+		rec.Kernel = o.kernel.name()
 	}
 	err = r.Store.Update(func(tx *store.Tx) error {
 		if rec.Spec.Name == "" {

@@ -82,11 +82,11 @@ func (m Meta) Validate() error {
 	seen := make(map[string]bool, len(m.Files))
 	for _, f := range m.Files {
 		switch f.Name {
-		case FileMemory, FileState, FileRootfs, FileData, FileToken:
+		case FileMemory, FileState, FileRootfs, FileData, FileToken, FileKernel:
 		default:
 			// Also keeps paths such as "../x" out of the snapshot directory.
-			return fmt.Errorf("snapfile: meta: file name %q is not one of %s, %s, %s, %s, %s",
-				f.Name, FileMemory, FileState, FileRootfs, FileData, FileToken)
+			return fmt.Errorf("snapfile: meta: file name %q is not one of %s, %s, %s, %s, %s, %s",
+				f.Name, FileMemory, FileState, FileRootfs, FileData, FileToken, FileKernel)
 		}
 		if seen[f.Name] {
 			return fmt.Errorf("snapfile: meta: file %q listed twice", f.Name)

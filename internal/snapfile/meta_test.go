@@ -171,6 +171,7 @@ func TestValidate(t *testing.T) {
 		{"sample", func(*Meta) {}, true},
 		{"no files", func(m *Meta) { m.Files = nil }, true},
 		{"zero size file", func(m *Meta) { m.Files[3].Digest.Size = 0 }, true},
+		{"own kernel", func(m *Meta) { m.Files = append(m.Files, FileEntry{FileKernel, m.Files[0].Digest}) }, true},
 		{"format 0", func(m *Meta) { m.Format = 0 }, false},
 		{"format 2", func(m *Meta) { m.Format = 2 }, false},
 		{"empty id", func(m *Meta) { m.ID = "" }, false},

@@ -4,7 +4,8 @@
 //
 // A snapshot is a directory holding "memory" (QEMU's memory and device state),
 // "rootfs" and optionally "data" (copies of the VM's writable disks), "token"
-// (the agent token) and "meta.json". meta.json records compatibility facts and a
+// (the agent token), "kernel" for a VM that booted a kernel of its own (up
+// --kernel), and "meta.json". meta.json records compatibility facts and a
 // Digest of every other file, and is sealed with HMAC-SHA256 under a per-host
 // key (LoadOrCreateKey), so a snapshot that was modified or truncated after it
 // was taken is refused (ErrTampered) instead of being restored.
@@ -32,6 +33,9 @@ const (
 	FileRootfs = "rootfs"
 	FileData   = "data"
 	FileToken  = "token"
+	// FileKernel is the VM's own kernel (up --kernel), which a restore must
+	// boot: a VM on its image's kernel has none, the image holds it.
+	FileKernel = "kernel"
 
 	// MetaFile is the name of the sealed metadata file.
 	MetaFile = "meta.json"

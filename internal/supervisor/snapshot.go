@@ -264,6 +264,11 @@ func (s *supervisor) saveSnapshot(ctx context.Context, req SnapshotRequest) (res
 		return res, err
 	}
 	wasRunning := !s.paused
+	// The kernel does not change while the VM runs: it is sealed before the pause.
+	kernel, err := s.saveKernel(ctx, dir, req.Kind)
+	if err != nil {
+		return res, err
+	}
 	begin := time.Now()
 	if wasRunning {
 		if err := s.inst.Pause(ctx); err != nil {
@@ -304,6 +309,7 @@ func (s *supervisor) saveSnapshot(ctx context.Context, req SnapshotRequest) (res
 		files = append(files, snapfile.FileEntry{Name: d.name, Digest: dg})
 	}
 	res.DisksMs = ms(time.Since(t))
+	files = append(files, kernel...)
 	tokD, err := saveTo(dir.Path(snapfile.FileToken), func(w io.Writer) error { _, err := w.Write(s.token); return err })
 	if err != nil {
 		return res, err

@@ -215,6 +215,10 @@ func (s *supervisor) start(ctx context.Context) error {
 		return err
 	}
 	phase("drives")
+	kernel, err := s.prepareKernel(ctx, img)
+	if err != nil {
+		return err
+	}
 	if s.rec.Spec.Network != vm.NetworkNone {
 		if err := s.setupNetwork(ctx); err != nil {
 			return err
@@ -223,7 +227,7 @@ func (s *supervisor) start(ctx context.Context) error {
 	}
 	cfg := vmm.Config{
 		Name: s.rec.Spec.Name, CPUs: s.rec.Spec.CPUs, MemoryMiB: s.rec.Spec.MemoryMiB,
-		Kernel: img.Path(image.FileKernel), Initrd: img.Path(image.FileInitrd),
+		Kernel: kernel, Initrd: img.Path(image.FileInitrd),
 		KernelArgs: ContractArgs(s.rec),
 		Drives:     s.drives(),
 		MAC:        s.rec.MAC,

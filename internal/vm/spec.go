@@ -36,6 +36,7 @@ type Spec struct {
 	// Jailer runs Firecracker under its jailer: chroot, a uid and gid of the
 	// VM's own, cgroup v2 limits from the VM's resources.
 	Jailer bool       `json:"jailer,omitempty"`
+	Kernel string     `json:"kernel,omitempty"` // up --kernel: a kernel file to boot instead of the image's (absolute once validated)
 	Ports  []PortSpec `json:"ports,omitempty"`
 	Egress Egress     `json:"egress"`
 }

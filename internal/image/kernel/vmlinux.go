@@ -74,11 +74,17 @@ func checkELF(b []byte) error {
 	return nil
 }
 
+// maxNotes bounds a note segment read whole: a vmlinux's is a few hundred bytes.
+const maxNotes = 1 << 20
+
 // hasPVHNote looks for the Xen ELF note of type XEN_ELFNOTE_PHYS32_ENTRY (18).
 func hasPVHNote(f *elf.File) bool {
 	for _, p := range f.Progs {
 		if p.Type != elf.PT_NOTE {
 			continue
+		}
+		if p.Filesz > maxNotes {
+			continue // a user's file (see Format) may claim any size
 		}
 		data := make([]byte, p.Filesz)
 		if _, err := p.ReadAt(data, 0); err != nil {
