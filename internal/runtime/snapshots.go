@@ -467,6 +467,9 @@ func (r *Runtime) resolveRestore(ctx context.Context, o *UpOptions) (*restoreSou
 	if s.Jailer && !m.Jailed {
 		return nil, fmt.Errorf("%s was taken of a VM not under the jailer and restores only so: drop --jailer", from)
 	}
+	if h := s.Hypervisor; h != "" && h != vm.HypervisorAuto && h != m.Backend {
+		return nil, fmt.Errorf("--hypervisor %s: %s was taken on %s and restores only there: drop --hypervisor", h, from, m.Backend)
+	}
 	if m.Jailed {
 		o.Spec.Jailer, o.Spec.Hypervisor = true, vm.HypervisorFirecracker
 	}

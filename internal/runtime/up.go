@@ -11,6 +11,7 @@ import (
 	"os"
 	"os/exec"
 	goruntime "runtime"
+	"strings"
 	"syscall"
 	"time"
 
@@ -392,7 +393,8 @@ func (r *Runtime) startSupervisor(ctx context.Context, rec vm.Record, lock *proc
 		select {
 		case s, ok := <-lines:
 			if !ok {
-				return nil, fmt.Errorf("the supervisor exited before the VM was ready; see %s", dir.SupervisorLog())
+				// The log goes with the VM's directory when the VM is discarded: quote it.
+				return nil, fmt.Errorf("the supervisor exited before the VM was ready; the end of its log:\n%s", logTail(dir.SupervisorLog(), 15))
 			}
 			switch s.Phase {
 			case supervisor.PhaseStarted:
@@ -452,5 +454,34 @@ func (r *Runtime) discard(rec vm.Record) {
 		}
 		return tx.DeleteVM(rec.Spec.Name)
 	})
+	// What a supervisor that died early could not remove: a persistent TAP
+	// (Firecracker's), a jail.
+	if rec.TAP != "" {
+		_ = network.DeleteLink(rec.TAP)
+	}
+	if rec.Spec.Jailer {
+		r.cleanupJail(rec)
+	}
 	_ = os.RemoveAll(dir.Dir)
+}
+
+// logTail is the last n lines of a log file, indented, or a note that it cannot
+// be read.
+func logTail(path string, n int) string {
+	raw, err := os.ReadFile(path)
+	if err != nil {
+		return "  (" + err.Error() + ")"
+	}
+	lines := strings.Split(strings.TrimRight(string(raw), "\n"), "\n")
+	// A crash says what it was where it begins, not at the end of its trace.
+	for i, l := range lines {
+		if strings.HasPrefix(l, "panic: ") {
+			lines = lines[i:min(len(lines), i+n)]
+			break
+		}
+	}
+	if len(lines) > n {
+		lines = lines[len(lines)-n:]
+	}
+	return "  " + strings.Join(lines, "\n  ")
 }

@@ -62,13 +62,19 @@ func (s *supervisor) startHypervisor(ctx context.Context, cfg vmm.Config, mem *o
 		cfg.Name = s.rec.JailName()
 		vmo.Jailer = JailerFor(s.o.Root, s.rec)
 	}
+	var inst *firecracker.Instance
 	if s.restore != nil {
-		return backend.StartFromSnapshot(ctx, cfg, vmo, firecracker.Snapshot{
+		inst, err = backend.StartFromSnapshot(ctx, cfg, vmo, firecracker.Snapshot{
 			StatePath: s.restore.dir.Path(snapfile.FileState),
 			MemPath:   s.restore.dir.Path(snapfile.FileMemory),
 		})
+	} else {
+		inst, err = backend.StartVM(ctx, cfg, vmo)
 	}
-	return backend.StartVM(ctx, cfg, vmo)
+	if err != nil {
+		return nil, err // not a nil *Instance in a non-nil vmm.Instance
+	}
+	return inst, nil
 }
 
 // JailerFor is how a VM with Spec.Jailer runs under Firecracker's jailer: its

@@ -225,15 +225,17 @@ func (s *supervisor) start(ctx context.Context) error {
 		}
 		phase("network")
 	}
+	stderr := &logWriter{log: log}
 	cfg := vmm.Config{
 		Name: s.rec.Spec.Name, CPUs: s.rec.Spec.CPUs, MemoryMiB: s.rec.Spec.MemoryMiB,
 		Kernel: kernel, Initrd: img.Path(image.FileInitrd),
 		KernelArgs: ContractArgs(s.rec),
 		Drives:     s.drives(),
 		MAC:        s.rec.MAC,
-		Stderr:     &logWriter{log: log},
+		Stderr:     stderr,
 	}
 	if s.inst, err = s.startHypervisor(ctx, cfg, mem); err != nil {
+		err = stderr.said(err)
 		if s.restore != nil {
 			// A modified state often fails the load itself: say what was wrong with it.
 			if verr := s.restore.verified(ctx); verr != nil {
@@ -711,14 +713,39 @@ func listenUnix(path string) (net.Listener, error) {
 	return l, nil
 }
 
-// logWriter turns the hypervisor's stderr lines into log records.
-type logWriter struct{ log *slog.Logger }
+// logWriter turns the hypervisor's stderr lines into log records, and keeps the
+// last few for an error that needs them: a hypervisor that fails to start says
+// why on its stderr.
+type logWriter struct {
+	log  *slog.Logger
+	mu   sync.Mutex
+	last []string
+}
+
+// keptLines is how many of the hypervisor's last stderr lines logWriter keeps.
+const keptLines = 8
 
 func (w *logWriter) Write(p []byte) (int, error) {
 	for _, line := range strings.Split(strings.TrimRight(string(p), "\n"), "\n") {
 		if line != "" {
 			w.log.Warn("hypervisor", "msg", line)
+			w.mu.Lock()
+			w.last = append(w.last, line)
+			if len(w.last) > keptLines {
+				w.last = w.last[len(w.last)-keptLines:]
+			}
+			w.mu.Unlock()
 		}
 	}
 	return len(p), nil
+}
+
+// said wraps err with the hypervisor's last stderr lines, if it wrote any.
+func (w *logWriter) said(err error) error {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if len(w.last) == 0 {
+		return err
+	}
+	return fmt.Errorf("%w; the hypervisor's last words:\n  %s", err, strings.Join(w.last, "\n  "))
 }

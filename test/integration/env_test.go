@@ -31,6 +31,8 @@ type env struct {
 	ns   string
 	// vars are extra environment variables for every mvmctl this env runs.
 	vars []string
+	// hostMounts: see mvmctl.
+	hostMounts bool
 }
 
 func newEnv(t *testing.T) *env {
@@ -97,8 +99,8 @@ func (e *env) runWith(stdin []byte, extraEnv []string, args ...string) result {
 	e.t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
 	defer cancel()
-	full := append([]string{"netns", "exec", e.ns, filepath.Join(suite.bin, "mvmctl"), "--root", e.root}, args...)
-	cmd := exec.CommandContext(ctx, "ip", full...)
+	argv := e.mvmctl(args...)
+	cmd := exec.CommandContext(ctx, argv[0], argv[1:]...)
 	var so, se bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &so, &se
 	cmd.Env = append(append(os.Environ(), e.vars...), extraEnv...)
@@ -125,11 +127,23 @@ func (e *env) must(args ...string) string {
 	return r.stdout
 }
 
+// mvmctl is the command line running mvmctl in the test's network namespace.
+// `ip netns exec` also gives it a mount namespace with the namespace's own
+// /sys, where no cgroup file system is mounted; hostMounts enters the network
+// namespace only, as the jailer's cgroups need.
+func (e *env) mvmctl(args ...string) []string {
+	cmd := append([]string{filepath.Join(suite.bin, "mvmctl"), "--root", e.root}, args...)
+	if e.hostMounts {
+		return append([]string{"nsenter", "--net=/var/run/netns/" + e.ns, "--"}, cmd...)
+	}
+	return append([]string{"ip", "netns", "exec", e.ns}, cmd...)
+}
+
 // start starts a command in the test's namespace without waiting.
 func (e *env) start(args ...string) (*exec.Cmd, *bytes.Buffer, *bytes.Buffer) {
 	e.t.Helper()
-	full := append([]string{"netns", "exec", e.ns, filepath.Join(suite.bin, "mvmctl"), "--root", e.root}, args...)
-	cmd := exec.Command("ip", full...)
+	argv := e.mvmctl(args...)
+	cmd := exec.Command(argv[0], argv[1:]...)
 	var so, se bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &so, &se
 	cmd.Env = append(os.Environ(), e.vars...)
@@ -294,4 +308,26 @@ func (e *env) httpGet(port int) (string, error) {
 		return err
 	})
 	return body, err
+}
+
+// killSupervisor SIGKILLs the supervisor of the VM name (id) and waits until its
+// lock is free: its main thread can show as a zombie while its other threads
+// still exit and hold the lock, and until then the VM counts as alive.
+func (e *env) killSupervisor(name, id string) {
+	e.t.Helper()
+	sup := pidOf("_supervise --root " + e.root + " --name " + name + " ")
+	if len(sup) != 1 {
+		e.t.Fatalf("supervisor of %s: pids %v", name, sup)
+	}
+	var pid int
+	fmt.Sscan(sup[0], &pid)
+	if err := syscall.Kill(pid, syscall.SIGKILL); err != nil {
+		e.t.Fatal(err)
+	}
+	lock := filepath.Join(e.root, "vms", id, "lock")
+	for deadline := time.Now().Add(10 * time.Second); lockHeld(e.t, lock); time.Sleep(20 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			e.t.Fatalf("the killed supervisor's lock is still held, by: %v", lockHolders(lock))
+		}
+	}
 }

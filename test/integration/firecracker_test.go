@@ -2,10 +2,12 @@ package integration
 
 import (
 	"context"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -20,24 +22,29 @@ import (
 // vsock is not exercised, since the double gives the agent a virtio-serial port.
 func (e *env) withFirecrackerDouble() {
 	e.t.Helper()
-	buildFirecrackerDouble(e.t, filepath.Join(e.root, "bin"))
+	buildTestDouble(e.t, filepath.Join(e.root, "bin"), "firecracker")
 	e.vars = append(e.vars, "MVM_FIRECRACKER_TEST_DOUBLE=1")
 }
 
-// buildFirecrackerDouble builds the test double as dir/firecracker.
+// buildFirecrackerDouble builds the Firecracker test double as dir/firecracker.
 func buildFirecrackerDouble(t *testing.T, dir string) string {
+	return buildTestDouble(t, dir, "firecracker")
+}
+
+// buildTestDouble builds a test double (firecracker or jailer) as dir/name.
+func buildTestDouble(t *testing.T, dir, name string) string {
 	t.Helper()
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		t.Fatal(err)
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
-	bin := filepath.Join(dir, "firecracker")
-	cmd := exec.CommandContext(ctx, "go", "build", "-trimpath", "-o", bin, "./internal/vmm/firecracker/qemudouble/cmd/firecracker")
+	bin := filepath.Join(dir, name)
+	cmd := exec.CommandContext(ctx, "go", "build", "-trimpath", "-o", bin, "./internal/vmm/firecracker/qemudouble/cmd/"+name)
 	cmd.Dir = "../.."
 	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
 	if out, err := cmd.CombinedOutput(); err != nil {
-		t.Fatalf("build the firecracker test double: %v: %s", err, out)
+		t.Fatalf("build the %s test double: %v: %s", name, err, out)
 	}
 	return bin
 }
@@ -215,4 +222,120 @@ func TestFirecrackerBackend(t *testing.T) {
 	if pids := pidOf(filepath.Join(e.root, "bin", "firecracker")); len(pids) != 3 {
 		t.Errorf("firecracker processes %v, want 3 (fc1, fc3, auto1)", pids)
 	}
+}
+
+// TestFirecrackerJailer runs VMs under the jailer through mvmctl, with the
+// jailer's test double (which does everything the jailer does but the chroot
+// and the uid switch) in front of the Firecracker double.
+func TestFirecrackerJailer(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	e.hostMounts = true // the jail's cgroup lives in the host's cgroup file system
+	e.withFirecrackerDouble()
+	buildTestDouble(t, filepath.Join(e.root, "bin"), "jailer")
+
+	e.must("up", "-d", "--name", "j1", "--hypervisor", "firecracker", "--jailer", "--memory", "256M")
+	j1 := e.vm("j1")
+	if j1.Backend != "firecracker" || j1.State != "running" {
+		t.Fatalf("j1: %+v", j1)
+	}
+	jail := filepath.Join(e.root, "jail", "firecracker", "mvm-"+j1.ID, "root")
+	for _, f := range []string{"firecracker", "run/firecracker.socket", "dev/net/tun"} {
+		if _, err := os.Lstat(filepath.Join(jail, f)); err != nil {
+			t.Errorf("the jail lacks %s: %v", f, err)
+		}
+	}
+	fcPID := jailedPID(t, e, j1.ID)
+	cgroup := procCgroup(t, fcPID)
+	if !strings.HasSuffix(cgroup, "/firecracker/mvm-"+j1.ID) {
+		t.Errorf("the jailed Firecracker is in cgroup %q", cgroup)
+	}
+	e.mustExec("j1", "sh", "-c", "echo jailed > /root/marker; sync")
+	ip := strings.Split(j1.IP, "/")[0]
+	if out, _ := e.inNS("busybox", "ping", "-c", "1", "-W", "5", ip); !strings.Contains(out, "1 packets received") {
+		t.Errorf("host -> j1 (%s): %s", ip, out)
+	}
+
+	// A snapshot of a jailed VM restores in a jail of its own.
+	e.must("snapshot", "create", "j1", "--name", "js")
+	e.must("up", "-d", "--snapshot", "js", "--name", "j2")
+	if got := e.mustExec("j2", "cat", "/root/marker"); got != "jailed\n" {
+		t.Errorf("j2's files: %q", got)
+	}
+	if r := e.run("up", "-d", "--snapshot", "js", "--name", "j3", "--hypervisor", "qemu"); r.code == 0 || !strings.Contains(r.stderr, "restores only there") {
+		t.Errorf("a jailed Firecracker snapshot restored on QEMU: exit %d: %s%s", r.code, r.stdout, r.stderr)
+	}
+
+	// A jailed Firecracker outlives a killed supervisor (the uid switch clears
+	// its parent-death signal): the next command ends it through its cgroup and
+	// removes the jail.
+	e.killSupervisor("j1", j1.ID)
+	if err := syscall.Kill(fcPID, 0); err != nil {
+		t.Logf("the jailed Firecracker died with its supervisor (%v): the cgroup kill is not exercised", err)
+	}
+	if after := e.vm("j1"); after.State != "exited" { // this command reconciles
+		t.Errorf("after the supervisor's kill: %+v", after)
+	}
+	if err := syscall.Kill(fcPID, 0); err == nil {
+		t.Errorf("the jailed Firecracker %d survived the cleanup", fcPID)
+	}
+	for _, p := range []string{jail, filepath.Dir(jail), cgroupDir(cgroup)} {
+		if _, err := os.Stat(p); err == nil {
+			t.Errorf("%s left behind", p)
+		}
+	}
+
+	// down removes a jail and its cgroup.
+	j2 := e.vm("j2")
+	cg2 := procCgroup(t, jailedPID(t, e, j2.ID))
+	e.must("down", "j2")
+	for _, p := range []string{filepath.Join(e.root, "jail", "firecracker", "mvm-"+j2.ID), cgroupDir(cg2)} {
+		if _, err := os.Stat(p); err == nil {
+			t.Errorf("%s left behind after down", p)
+		}
+	}
+}
+
+// jailedPID is the PID of the VM's Firecracker, from the pid file the jailer
+// writes into the chroot.
+func jailedPID(t *testing.T, e *env, id string) int {
+	t.Helper()
+	raw, err := os.ReadFile(filepath.Join(e.root, "jail", "firecracker", "mvm-"+id, "root", "firecracker.pid"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var pid int
+	if _, err := fmt.Sscan(string(raw), &pid); err != nil || pid <= 0 {
+		t.Fatalf("pid file %q: %v", raw, err)
+	}
+	return pid
+}
+
+// procCgroup is the cgroup v2 path of a process ("/firecracker/mvm-...").
+func procCgroup(t *testing.T, pid int) string {
+	t.Helper()
+	raw, err := os.ReadFile(fmt.Sprintf("/proc/%d/cgroup", pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, line := range strings.Split(string(raw), "\n") {
+		if p, ok := strings.CutPrefix(line, "0::"); ok {
+			return p
+		}
+	}
+	t.Fatalf("no cgroup v2 line in /proc/%d/cgroup: %s", pid, raw)
+	return ""
+}
+
+// cgroupDir is where a cgroup v2 path lies: under the first cgroup2 mount.
+func cgroupDir(cg string) string {
+	raw, _ := os.ReadFile("/proc/self/mountinfo")
+	for _, line := range strings.Split(string(raw), "\n") {
+		if pre, post, ok := strings.Cut(line, " - "); ok && strings.HasPrefix(post, "cgroup2 ") {
+			if f := strings.Fields(pre); len(f) > 4 {
+				return filepath.Join(f[4], cg)
+			}
+		}
+	}
+	return filepath.Join("/sys/fs/cgroup", cg)
 }

@@ -246,30 +246,11 @@ func TestSupervisorKilled(t *testing.T) {
 	e := newEnv(t)
 	e.must("up", "-d", "--name", "victim")
 	v := e.vm("victim")
-	sup := pidOf("_supervise --root " + e.root + " --name victim ")
-	if len(sup) != 1 {
-		t.Fatalf("supervisor pids: %v", sup)
-	}
-	var pid int
-	fmt.Sscan(sup[0], &pid)
-	if err := syscall.Kill(pid, syscall.SIGKILL); err != nil {
-		t.Fatal(err)
-	}
-	deadline := time.Now().Add(10 * time.Second)
-	for len(pidOf("qemu-system.*"+e.root+"/vms/"+v.ID)) > 0 {
+	e.killSupervisor("victim", v.ID)
+	for deadline := time.Now().Add(10 * time.Second); len(pidOf("qemu-system.*"+e.root+"/vms/"+v.ID)) > 0; time.Sleep(50 * time.Millisecond) {
 		if time.Now().After(deadline) {
 			t.Fatal("QEMU survived its supervisor")
 		}
-		time.Sleep(50 * time.Millisecond)
-	}
-	// QEMU dies when the supervisor's forking thread does, which can be before the
-	// supervisor's last thread has exited and closed its lock (its main thread shows
-	// as a zombie meanwhile): wait until the lock is free.
-	for lockHeld(t, filepath.Join(e.root, "vms", v.ID, "lock")) {
-		if time.Now().After(deadline) {
-			t.Fatalf("the killed supervisor's lock is still held, by: %v", lockHolders(filepath.Join(e.root, "vms", v.ID, "lock")))
-		}
-		time.Sleep(20 * time.Millisecond)
 	}
 	after := e.vm("victim") // this command reconciles
 	if after.State != "exited" || !strings.Contains(after.ExitReason, "supervisor died") {

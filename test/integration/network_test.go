@@ -6,10 +6,8 @@ import (
 	"fmt"
 	"net"
 	"os/exec"
-	"path/filepath"
 	"strings"
 	"sync"
-	"syscall"
 	"testing"
 	"time"
 
@@ -287,18 +285,11 @@ func TestNetworking(t *testing.T) {
 	if n := e.rulesMentioning(t, crawler.ID, "mvt"+crawler.ID); n == 0 {
 		t.Fatal("no firewall rule names the running crawler: the check below would prove nothing")
 	}
-	sup := pidOf("_supervise --root " + e.root + " --name crawler ")
-	if len(sup) != 1 {
-		t.Fatalf("supervisor of crawler: %v", sup)
-	}
-	var pid int
-	fmt.Sscan(sup[0], &pid)
-	syscall.Kill(pid, syscall.SIGKILL)
+	e.killSupervisor("crawler", crawler.ID)
 	// The next command after the supervisor and its QEMU are gone must repair.
-	for deadline := time.Now().Add(10 * time.Second); lockHeld(t, filepath.Join(e.root, "vms", crawler.ID, "lock")) ||
-		len(pidOf("qemu-system.*"+e.root+"/vms/"+crawler.ID)) > 0; time.Sleep(20 * time.Millisecond) {
+	for deadline := time.Now().Add(10 * time.Second); len(pidOf("qemu-system.*"+e.root+"/vms/"+crawler.ID)) > 0; time.Sleep(20 * time.Millisecond) {
 		if time.Now().After(deadline) {
-			t.Fatal("the killed supervisor or its QEMU does not exit")
+			t.Fatal("the killed supervisor's QEMU does not exit")
 		}
 	}
 	e.must("ls") // reconciles

@@ -96,13 +96,15 @@ func WithVersion(v string) Option { return func(o *options) { o.version = v } }
 func WithSocketPath(path string) Option { return func(o *options) { o.socketPath = path } }
 
 // WithoutFileChecks stops the fake from checking that kernel, initrd, drive
-// and snapshot paths exist. Firecracker opens them, so the check is on by
-// default.
+// and snapshot paths exist, and that the log and metrics files can be opened.
+// Firecracker opens them, so the checks are on by default.
 func WithoutFileChecks() Option { return func(o *options) { o.fileChecks = false } }
 
 // WithRoot makes the fake resolve every file path it is given (kernel,
-// initrd, drives, snapshot files) inside root, as a Firecracker jailed by
-// the jailer sees only its chroot. Without it paths are the host's.
+// initrd, drives, vsock socket, snapshot files, log and metrics files) inside
+// root, as a Firecracker jailed by the jailer sees only its chroot (see
+// Resolve). Without it paths are the host's. The API socket (WithSocketPath)
+// is a host path either way.
 func WithRoot(root string) Option { return func(o *options) { o.root = root } }
 
 // WithRequestLog calls f with every request once it has been answered, for a

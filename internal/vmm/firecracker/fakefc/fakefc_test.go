@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 
 	"github.com/mvm-dev/mvm/internal/vmm/firecracker/fakefc"
@@ -298,8 +299,10 @@ func snapshot(t *testing.T, dir string, opts ...fakefc.Option) (state, mem strin
 
 func TestSnapshotRoundTrip(t *testing.T) {
 	dir := t.TempDir()
-	if err := os.WriteFile(filepath.Join(dir, "root.img"), nil, 0o600); err != nil {
-		t.Fatal(err)
+	for _, f := range []string{"root.img", "metrics"} {
+		if err := os.WriteFile(filepath.Join(dir, f), nil, 0o600); err != nil {
+			t.Fatal(err)
+		}
 	}
 	state, mem := snapshot(t, dir)
 	for _, p := range []string{state, mem} {
@@ -381,9 +384,77 @@ func TestFileChecks(t *testing.T) {
 		put("/boot-source", `{"kernel_image_path": "`+kernel+`", "initrd_path": "`+filepath.Join(dir, "nope")+`"}`, 400, "initrd file cannot be opened"),
 		ok("/boot-source", `{"kernel_image_path": "`+kernel+`"}`),
 		put("/drives/root", `{"drive_id": "root", "path_on_host": "`+filepath.Join(dir, "nope")+`", "is_root_device": true, "is_read_only": false}`, 400, "no such file"),
+		// Firecracker opens the log and metrics files without creating them.
+		put("/logger", `{"log_path": "`+filepath.Join(dir, "fc.log")+`"}`, 400, "Cannot open the log file"),
+		put("/metrics", `{"metrics_path": "`+filepath.Join(dir, "metrics")+`"}`, 400, "Cannot open the metrics file"),
+		put("/boot-source", `{"kernel_image_path": ""}`, 400, "kernel file cannot be opened"),
 	} {
 		if a := call(t, srv.SocketPath(), s.method, s.path, s.body); a.status != s.status || !strings.Contains(a.fault, s.fault) {
 			t.Errorf("%s %s: %d %q, want %d %q", s.method, s.path, a.status, a.fault, s.status, s.fault)
+		}
+	}
+	for _, f := range []string{"fc.log", "metrics"} {
+		if _, err := os.Stat(filepath.Join(dir, f)); !os.IsNotExist(err) {
+			t.Errorf("%s was created: %v", f, err)
+		}
+	}
+	// A FIFO with no reader opens too: Firecracker opens it non-blocking.
+	fifo := filepath.Join(dir, "log.fifo")
+	if err := syscall.Mkfifo(fifo, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if a := call(t, srv.SocketPath(), http.MethodPut, "/logger", `{"log_path": "`+fifo+`"}`); a.status != 204 {
+		t.Errorf("logger on a FIFO: %d %q", a.status, a.fault)
+	}
+}
+
+// TestRoot checks that under WithRoot every path the fake is given lies
+// inside the root, as a jailed Firecracker's paths lie inside its chroot.
+func TestRoot(t *testing.T) {
+	root := t.TempDir()
+	for _, f := range []string{"vmlinux", "fc.log", "metrics", "root.img"} {
+		if err := os.WriteFile(filepath.Join(root, f), nil, 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// The host's files are not the jail's: an absolute path that exists on
+	// the host but not in the root is refused.
+	host := filepath.Join(t.TempDir(), "vmlinux")
+	if err := os.WriteFile(host, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	srv := fakefc.New(t, fakefc.WithRoot(root))
+	for _, s := range []step{
+		put("/boot-source", `{"kernel_image_path": "`+host+`"}`, 400, "kernel file cannot be opened"),
+		ok("/boot-source", `{"kernel_image_path": "/vmlinux"}`),
+		ok("/boot-source", `{"kernel_image_path": "vmlinux"}`),
+		ok("/boot-source", `{"kernel_image_path": "/../../vmlinux"}`), // ".." stops at the root
+		ok("/logger", `{"log_path": "/fc.log"}`),
+		ok("/metrics", `{"metrics_path": "metrics"}`),
+		ok("/drives/root", `{"drive_id": "root", "path_on_host": "/root.img", "is_root_device": true, "is_read_only": false}`),
+	} {
+		if a := call(t, srv.SocketPath(), s.method, s.path, s.body); a.status != s.status || !strings.Contains(a.fault, s.fault) {
+			t.Errorf("%s %s: %d %q, want %d %q", s.method, s.path, a.status, a.fault, s.status, s.fault)
+		}
+	}
+}
+
+func TestResolve(t *testing.T) {
+	cases := []struct{ root, workDir, path, want string }{
+		{"", "", "/a/b", "/a/b"},
+		{"", "", "a", "a"},
+		{"", "/w", "a", "/w/a"},
+		{"", "/w", "/a", "/a"},
+		{"", "/w", "", ""},
+		{"/r", "/w", "/a", "/r/a"},
+		{"/r", "/w", "a", "/r/a"},
+		{"/r", "", "../../a", "/r/a"},
+		{"/r", "", "/run/firecracker.socket", "/r/run/firecracker.socket"},
+		{"/r", "", "", ""},
+	}
+	for _, c := range cases {
+		if got := fakefc.Resolve(c.root, c.workDir, c.path); got != c.want {
+			t.Errorf("Resolve(%q, %q, %q) = %q, want %q", c.root, c.workDir, c.path, got, c.want)
 		}
 	}
 }

@@ -10,6 +10,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"unicode"
 )
 
@@ -127,7 +128,7 @@ func (s *Server) lookup(ctx context.Context, method, path string) (route, string
 		"/vsock":           {schema: "Vsock", apply: preboot(func(c *config, b map[string]any) { c.vsock = b }, true)},
 		"/entropy":         {schema: "EntropyDevice", apply: preboot(func(c *config, b map[string]any) { c.entropy = b }, true)},
 		"/balloon":         {schema: "Balloon", apply: preboot(func(c *config, b map[string]any) { c.balloon = b }, true)},
-		"/logger":          {schema: "Logger", apply: preboot(func(c *config, b map[string]any) { c.logger = b }, false)},
+		"/logger":          {schema: "Logger", apply: (*Server).putLogger},
 		"/metrics":         {schema: "Metrics", apply: (*Server).putMetrics},
 		"/actions":         {schema: "InstanceActionInfo", apply: withCtx((*Server).action)},
 		"/snapshot/create": {schema: "SnapshotCreateParams", apply: withCtx((*Server).createSnapshot)},
@@ -257,12 +258,34 @@ func (s *Server) putIface(body map[string]any) reply {
 	return noContent
 }
 
+// putLogger configures the logger. Firecracker opens log_path at once, for
+// reading and writing and without creating it (the caller makes the file or
+// FIFO first), so the fake checks that it can be opened so. The logger is not
+// boot-specific: it does not block a snapshot load.
+func (s *Server) putLogger(body map[string]any) reply {
+	if s.started {
+		return bad(msgPostBoot)
+	}
+	if p, ok := body["log_path"].(string); ok {
+		if err := s.mustOpen(p); err != nil {
+			return bad("Logger error: Cannot open the log file: %v", err)
+		}
+	}
+	s.cfg.logger = body
+	return noContent
+}
+
+// putMetrics configures metrics, once. Like log_path, metrics_path is opened
+// at once and never created.
 func (s *Server) putMetrics(body map[string]any) reply {
 	if s.started {
 		return bad(msgPostBoot)
 	}
 	if s.cfg.metrics != nil {
 		return bad("Metrics error: Reinitialization of metrics not allowed.")
+	}
+	if err := s.mustOpen(body["metrics_path"].(string)); err != nil {
+		return bad("Metrics error: Cannot open the metrics file: %v", err)
 	}
 	s.cfg.metrics = body
 	return noContent
@@ -493,17 +516,43 @@ func (s *Server) mustExist(path string) error {
 	return err
 }
 
-// file is where a path Firecracker was given lies on the host: inside
-// WithRoot's root, against WithWorkDir's directory if relative, or itself.
-// Cleaning it as an absolute path first keeps ".." from leaving the root, as
-// chroot does. An empty path is not made into the working directory, so it
-// still fails to open.
-func (s *Server) file(path string) string {
+// mustOpen opens path as Firecracker opens its log and metrics files:
+// read-write, non-blocking (a FIFO with no reader yet must not hang it), and
+// never created.
+func (s *Server) mustOpen(path string) error {
+	if !s.opts.fileChecks {
+		return nil
+	}
+	f, err := os.OpenFile(s.file(path), os.O_RDWR|syscall.O_NONBLOCK, 0)
+	if err != nil {
+		return err
+	}
+	return f.Close()
+}
+
+// file is where a path Firecracker was given lies on the host (see Resolve).
+func (s *Server) file(path string) string { return Resolve(s.opts.root, s.opts.workDir, path) }
+
+// Resolve is where path, as a Firecracker process was given it, lies on the
+// host. With root set the process is taken to be chrooted there by the
+// jailer, whose working directory is the chroot's "/": path, absolute or
+// relative, lies inside root, and is cleaned as an absolute path first so
+// that ".." cannot leave root, as it cannot leave a chroot. Otherwise a
+// relative path lies in workDir (when set), as the process opens it against
+// its working directory, and an absolute one is itself.
+//
+// An empty path stays empty, never becoming root or workDir, so it still
+// fails to open as it does in Firecracker. The fake resolves every path it
+// is given through this, and so does a program serving it (the QEMU test
+// double) for what it opens itself.
+func Resolve(root, workDir, path string) string {
 	switch {
-	case s.opts.root != "":
-		return filepath.Join(s.opts.root, filepath.Clean("/"+path))
-	case path != "" && s.opts.workDir != "" && !filepath.IsAbs(path):
-		return filepath.Join(s.opts.workDir, path)
+	case path == "":
+		return ""
+	case root != "":
+		return filepath.Join(root, filepath.Clean("/"+path))
+	case workDir != "" && !filepath.IsAbs(path):
+		return filepath.Join(workDir, path)
 	}
 	return path
 }

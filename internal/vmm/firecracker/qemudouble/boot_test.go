@@ -252,6 +252,10 @@ func TestBootSnapshotRestore(t *testing.T) {
 	if err := drive.MakeSecrets(ctx, filepath.Join(dir, "secrets.img"), token); err != nil {
 		t.Fatal(err)
 	}
+	// Firecracker opens its log file without creating it.
+	if err := os.WriteFile(filepath.Join(dir, "fc.log"), nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
 
 	// With a NIC where a network namespace can hold its TAP: the double
 	// opens it by name, and the kernel makes it there (Firecracker would

@@ -39,7 +39,7 @@ func (m *machine) config(vm fakefc.VM) (vmm.Config, *os.File, error) {
 			return vmm.Config{}, nil, err
 		}
 	}
-	tap, err := openTAP(nic.HostDevName)
+	tap, err := openTAP(m.tun, nic.HostDevName)
 	if err != nil {
 		return vmm.Config{}, nil, fmt.Errorf("network interface %s: %w", nic.ID, err)
 	}

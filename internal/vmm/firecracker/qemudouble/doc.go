@@ -21,12 +21,21 @@
 //     link protocol (internal/agent/link); connections to any other port
 //     are closed unanswered, as Firecracker does when nothing listens.
 //   - the snapshot state file is the configuration as the API was given it
-//     (JSON), and the memory file is QEMU's migration stream. Restoring one
-//     needs the same kernel and initrd files still in place, as well as the
-//     drives Firecracker itself needs.
+//     (JSON), and the memory file is the kernel and initrd the VM booted
+//     from followed by QEMU's migration stream (see memHeader). Restoring
+//     one needs the drives, as Firecracker does, but not the kernel files.
 //   - SendCtrlAltDel is refused: QEMU's microvm machine has no i8042
 //     keyboard controller to press it on.
-//   - there is no guest-initiated vsock (guest to host) and no jailer.
+//   - there is no guest-initiated vsock (guest to host).
+//
+// The package also holds a test double of Firecracker's jailer (RunJailer,
+// built by cmd/jailer): it builds a VM's jail as the jailer does, but enters
+// no chroot and switches no uid, and execs this double with the test-only
+// flag --mvm-test-chroot <dir> (ChrootFlag). With it this double emulates
+// the chroot: the API socket, every path given over the API (kernel, initrd,
+// drives, vsock socket, snapshot, log and metrics files) and the TAP's
+// /dev/net/tun resolve inside dir, as a jailed Firecracker's paths resolve
+// inside its chroot (fakefc.Resolve). Nothing else passes that flag.
 package qemudouble
 
 // Version is the Firecracker release the double claims to be: the one mvm

@@ -43,6 +43,15 @@ func TestFlags(t *testing.T) {
 		{"help", []string{"--help"}, 0, "api-sock"},
 		{"tolerated flags", []string{"--api-sock", "a.sock", "--id", "vm-1", "--log-path", "/l", "--level", "Debug",
 			"--enable-pci", "--no-seccomp", "--boot-timer", "--version"}, 0, ""},
+		{"the jailer's flags", []string{"--id", "vm-1", "--start-time-us", "1", "--start-time-cpu-us", "2",
+			"--parent-cpu-time-us", "3", "--api-sock", "a.sock", "--version"}, 0, ""},
+		// The jailer passes --id: one passed again after its "--" must fail,
+		// as it does in Firecracker.
+		{"repeated flag refused", []string{"--id", "vm-1", "--api-sock", "a.sock", "--id", "vm-2"}, 1, "provided more than once"},
+		{"repeated bool flag refused", []string{"--api-sock", "a.sock", "--no-seccomp", "--no-seccomp"}, 1, "provided more than once"},
+		{"relative chroot refused", []string{"--api-sock", "a.sock", "--mvm-test-chroot", "jail"}, 1, "not an absolute path"},
+		{"missing chroot refused", []string{"--api-sock", "a.sock", "--mvm-test-chroot", "/nonexistent/jail"}, 1, "no such file"},
+		{"chroot must be the working directory", []string{"--api-sock", "a.sock", "--mvm-test-chroot", "/"}, 1, "a jailed Firecracker starts in its chroot's /"},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {

@@ -8,17 +8,23 @@ import (
 	"github.com/mvm-dev/mvm/internal/vmm/firecracker/fakefc"
 )
 
-// logPrefix starts every line the double logs, so no one takes its stderr
-// for Firecracker's.
-const logPrefix = "mvm-test-double(firecracker): "
+// logPrefix and jailerLogPrefix start every line the doubles log, so no one
+// takes their stderr for Firecracker's or the jailer's.
+const (
+	logPrefix       = "mvm-test-double(firecracker): "
+	jailerLogPrefix = "mvm-test-double(jailer): "
+)
 
-// prefixWriter puts logPrefix before each write; slog writes one whole
-// line per record, under its own lock.
-type prefixWriter struct{ w io.Writer }
+// prefixWriter puts prefix before each write; slog writes one whole line
+// per record, under its own lock.
+type prefixWriter struct {
+	w      io.Writer
+	prefix string
+}
 
 func (p prefixWriter) Write(b []byte) (int, error) {
-	line := make([]byte, 0, len(logPrefix)+len(b))
-	line = append(append(line, logPrefix...), b...)
+	line := make([]byte, 0, len(p.prefix)+len(b))
+	line = append(append(line, p.prefix...), b...)
 	if _, err := p.w.Write(line); err != nil {
 		return 0, err
 	}
@@ -26,7 +32,7 @@ func (p prefixWriter) Write(b []byte) (int, error) {
 }
 
 func newLogger(w io.Writer, level slog.Level, id string) *slog.Logger {
-	h := slog.NewTextHandler(prefixWriter{w}, &slog.HandlerOptions{Level: level})
+	h := slog.NewTextHandler(prefixWriter{w, logPrefix}, &slog.HandlerOptions{Level: level})
 	return slog.New(h).With("id", id)
 }
 

@@ -30,6 +30,7 @@ type machine struct {
 	stdout io.Writer // the console's output
 	stderr io.Writer // QEMU's own diagnostics go here too
 	log    *slog.Logger
+	tun    string // the TUN/TAP device node TAPs are opened through, resolved
 
 	mu     sync.Mutex
 	inst   vmm.Instance
@@ -39,6 +40,11 @@ type machine struct {
 	linked bool // the link keeper runs
 	closed bool // the double is stopping: no QEMU may start
 	exit   vmm.Exit
+	// kernel and initrd are the files QEMU booted the running VM from, which
+	// a snapshot carries along; held are the copies a restore made of them
+	// (see openMemFile), closed once QEMU has exited.
+	kernel, initrd string
+	held           []*os.File
 
 	exited      chan struct{} // closed when QEMU has exited
 	consoleDone chan struct{} // closed when the console's output has all been copied
@@ -46,29 +52,38 @@ type machine struct {
 
 var _ fakefc.Machine = (*machine)(nil)
 
-func newMachine(life context.Context, id string, stdin io.Reader, stdout, stderr io.Writer, log *slog.Logger) *machine {
-	return &machine{life: life, id: id, stdin: stdin, stdout: stdout, stderr: stderr, log: log,
+func newMachine(life context.Context, id string, stdin io.Reader, stdout, stderr io.Writer, log *slog.Logger, tun string) *machine {
+	return &machine{life: life, id: id, stdin: stdin, stdout: stdout, stderr: stderr, log: log, tun: tun,
 		exited: make(chan struct{}), consoleDone: make(chan struct{})}
 }
 
 // Start implements fakefc.Machine: boot the configured VM on QEMU.
 func (m *machine) Start(ctx context.Context, vm fakefc.VM) error {
 	m.log.Info("starting QEMU", "kernel", vm.Kernel, "vcpus", vm.VCPUs, "mem_mib", vm.MemoryMiB, "drives", len(vm.Drives))
-	return m.launch(ctx, vm, nil)
+	return m.launch(ctx, vm, nil, nil)
 }
 
 // LoadSnapshot implements fakefc.Machine: start QEMU from the memory file,
-// paused, and resume it if asked.
+// paused, and resume it if asked. The kernel and initrd come from the memory
+// file (see memHeader), not from the paths the snapshot recorded.
 func (m *machine) LoadSnapshot(ctx context.Context, vm fakefc.VM, memPath string, resume bool) error {
 	m.log.Info("restoring QEMU", "mem_file", memPath, "resume", resume)
-	f, err := os.Open(memPath)
+	f, kernel, initrd, keep, err := openMemFile(memPath, vm.Kernel, vm.Initrd)
 	if err != nil {
-		return fmt.Errorf("open memory file: %w", err)
+		return err
 	}
-	// Start hands the open file to QEMU and returns once the state is
-	// loaded, so it can be closed then.
+	// Start hands the stream to QEMU and returns once the state is loaded,
+	// so it can be closed then.
 	defer f.Close()
-	if err := m.launch(ctx, vm, f); err != nil {
+	vm.Kernel, vm.Initrd = kernel, initrd
+	var stream io.Reader = f
+	if len(keep) > 0 {
+		// QEMU would read a file it is handed from its start: the stream
+		// begins after the boot files, so it is fed through a pipe.
+		stream = struct{ io.Reader }{f}
+	}
+	if err := m.launch(ctx, vm, stream, keep); err != nil {
+		closeAll(keep)
 		return err
 	}
 	if resume {
@@ -79,8 +94,9 @@ func (m *machine) LoadSnapshot(ctx context.Context, vm fakefc.VM, memPath string
 
 // launch starts QEMU for vm, restoring from restore when it is set, and
 // starts what serves it: console, agent link (not for a restore: it links
-// on resume) and hybrid vsock.
-func (m *machine) launch(ctx context.Context, vm fakefc.VM, restore *os.File) (err error) {
+// on resume) and hybrid vsock. held are files QEMU's boot files live in,
+// which the machine holds from then on.
+func (m *machine) launch(ctx context.Context, vm fakefc.VM, restore io.Reader, held []*os.File) (err error) {
 	m.mu.Lock()
 	busy, closed := m.inst != nil, m.closed
 	m.mu.Unlock()
@@ -116,9 +132,7 @@ func (m *machine) launch(ctx context.Context, vm fakefc.VM, restore *os.File) (e
 	}
 	qemuErr := &tailBuffer{max: 4 << 10}
 	cfg.Stderr = io.MultiWriter(m.stderr, qemuErr)
-	if restore != nil { // a nil *os.File would make a non-nil io.Reader
-		cfg.RestoreFrom = restore
-	}
+	cfg.RestoreFrom = restore
 	inst, err := backend.Start(ctx, cfg)
 	if err != nil {
 		if tail := qemuErr.String(); tail != "" {
@@ -138,6 +152,7 @@ func (m *machine) launch(ctx context.Context, vm fakefc.VM, restore *os.File) (e
 	}
 	agent := link.NewKeeper(inst.Agent().Serial, m.log)
 	m.inst, m.vmCtx, m.stopVM, m.link = inst, vmCtx, stopVM, agent
+	m.kernel, m.initrd, m.held = vm.Kernel, vm.Initrd, held
 	m.mu.Unlock()
 	m.log.Info("QEMU running", "pid", inst.PID(), "paused", restore != nil)
 
@@ -225,7 +240,10 @@ func (m *machine) watch(inst vmm.Instance) {
 	m.mu.Lock()
 	m.exit = e
 	stop := m.stopVM
+	held := m.held
+	m.held = nil
 	m.mu.Unlock()
+	closeAll(held)
 	stop()
 	m.log.Info("QEMU exited", "code", e.Code, "reason", e.Reason)
 	close(m.exited)

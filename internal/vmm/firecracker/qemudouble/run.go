@@ -34,20 +34,30 @@ func Run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 		log.Error("working directory", "err", err)
 		return 1
 	}
+	// Every path the double opens or binds goes through resolve: the API
+	// socket here, the TAP's /dev/net/tun in the machine, and what the API
+	// is given in the fake, which hands the machine resolved paths. Under the
+	// jailer double they all lie in its chroot.
+	resolve := func(p string) string { return fakefc.Resolve(f.chroot, cwd, p) }
+	opts := []fakefc.Option{fakefc.WithInstanceID(f.id), fakefc.WithVersion(Version), fakefc.WithWorkDir(cwd)}
+	if f.chroot != "" {
+		opts = append(opts, fakefc.WithRoot(f.chroot))
+		log.Info("emulating the jailer's chroot: every path resolves inside it", "chroot", f.chroot)
+	}
+	apiSock := resolve(f.apiSock)
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	m := newMachine(ctx, f.id, stdin, stdout, stderr, log)
+	m := newMachine(ctx, f.id, stdin, stdout, stderr, log, resolve(tunDevice))
 	defer m.shutdown()
-	srv, err := fakefc.NewServer(fakefc.WithSocketPath(f.apiSock), fakefc.WithInstanceID(f.id),
-		fakefc.WithVersion(Version), fakefc.WithWorkDir(cwd), fakefc.WithMachine(m),
-		fakefc.WithRequestLog(logRequest(log)))
+	srv, err := fakefc.NewServer(append(opts, fakefc.WithSocketPath(apiSock), fakefc.WithMachine(m),
+		fakefc.WithRequestLog(logRequest(log)))...)
 	if err != nil {
-		log.Error("API socket", "path", f.apiSock, "err", err)
+		log.Error("API socket", "path", apiSock, "err", err)
 		return 1
 	}
 	defer srv.Close()
 	log.Info("test double serving the Firecracker API; QEMU runs the guest, this is not Firecracker",
-		"api_sock", f.apiSock, "version", Version)
+		"api_sock", apiSock, "version", Version)
 
 	select {
 	case <-ctx.Done():

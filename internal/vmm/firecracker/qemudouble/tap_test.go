@@ -46,7 +46,7 @@ func checkTAP(name string) error {
 	if err := makePersistentTAP(name); err != nil {
 		return err
 	}
-	f, err := openTAP(name)
+	f, err := openTAP(tunDevice, name)
 	if err != nil {
 		return fmt.Errorf("attach: %w", err)
 	}
@@ -63,14 +63,14 @@ func checkTAP(name string) error {
 	}
 	// A single-queue TAP takes one descriptor: whoever made it must have
 	// let go of theirs, as with Firecracker.
-	if g, err := openTAP(name); err == nil {
+	if g, err := openTAP(tunDevice, name); err == nil {
 		g.Close()
 		return errors.New("a second descriptor attached to a single-queue TAP")
 	} else if !errors.Is(err, unix.EBUSY) {
 		return fmt.Errorf("second attach: %v, want EBUSY", err)
 	}
 	f.Close()
-	g, err := openTAP(name)
+	g, err := openTAP(tunDevice, name)
 	if err != nil {
 		return fmt.Errorf("attach again after the first let go: %w", err)
 	}
