@@ -231,12 +231,19 @@ func (s *supervisor) identify(ctx context.Context, oldToken []byte) error {
 		taken, resumed := s.restore.meta.CreatedAt, s.restore.resumedAt
 		opts = append(opts, client.WithClock(func() time.Time { return taken.Add(time.Since(resumed)) }))
 	}
-	steps, err := client.New(s.openAgent, oldToken, opts...).Identify(ctx, time.Now(), entropy, s.token)
+	began := time.Now()
+	steps, err := client.New(s.openAgent, oldToken, opts...).Identify(ctx, began, entropy, s.token)
 	if err != nil {
 		return fmt.Errorf("identify the restored guest: %w", err)
 	}
 	s.o.Log.Info("restored guest identified", "steps_ms", steps)
 	s.agent = client.New(s.openAgent, s.token)
+	// The clock the identify set is as old as the request was when the guest
+	// read it: on a busy host, a second or more. Set it again then, over the
+	// path the identify has warmed up.
+	if time.Since(began) > staleClock {
+		s.syncClock(ctx)
+	}
 	if s.tap != nil {
 		if err := s.inst.Announce(ctx); err != nil {
 			s.o.Log.Warn("announce", "err", err)
@@ -244,6 +251,9 @@ func (s *supervisor) identify(ctx context.Context, oldToken []byte) error {
 	}
 	return nil
 }
+
+// staleClock is how late an identify may be before the clock it set is set again.
+const staleClock = 250 * time.Millisecond
 
 // saveSnapshot saves the VM: vCPUs stopped, device and memory state streamed to the
 // snapshot directory, the writable disks captured at the same instant, the token,

@@ -126,7 +126,17 @@ func TestAgentExec(t *testing.T) {
 		time.Sleep(200 * time.Millisecond)
 		step("stty size\n", "40 100")
 		step("sleep 30\n", "sleep 30")
-		time.Sleep(300 * time.Millisecond)
+		// Only once sleep runs is the terminal back in cooked mode, where Ctrl-C is
+		// echoed and signals; before that, the shell's line editor would take it.
+		for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(50 * time.Millisecond) {
+			ex, err := cl.Exec(ctx, client.ExecOptions{Argv: []string{"pidof", "sleep"}, Stdout: io.Discard})
+			if err == nil && ex.Code == 0 {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("sleep does not run in the terminal: %+v %v; terminal shows %q", ex, err, out.String())
+			}
+		}
 		step("\x03", "^C") // Ctrl-C reaches the guest's terminal and interrupts sleep
 		step("echo status=$?\n", "status=130")
 		io.WriteString(inW, "exit 7\n")
