@@ -165,16 +165,18 @@ type TAP struct {
 
 // CreateTAP creates a TAP attached to bridge and up.
 func CreateTAP(name, bridge string) (*TAP, error) {
-	return createTAP(name, bridge, false)
+	return createTAP(name, bridge, false, 0)
 }
 
 // CreatePersistentTAP creates a TAP attached to bridge and up, for a hypervisor
 // that opens it by name itself (Firecracker). The descriptor that made it is
 // closed at once: a single-queue TAP admits one open descriptor, the
 // hypervisor's. A persistent TAP outlives a crash of everything using it, which
-// is why mvm's cleanup of a dead VM deletes its TAP by name.
-func CreatePersistentTAP(name, bridge string) (*TAP, error) {
-	t, err := createTAP(name, bridge, true)
+// is why mvm's cleanup of a dead VM deletes its TAP by name. owner is the uid
+// and gid the hypervisor opens it as: the kernel lets no one else without
+// CAP_NET_ADMIN attach to it (a jailed Firecracker runs as a uid of its own).
+func CreatePersistentTAP(name, bridge string, owner uint32) (*TAP, error) {
+	t, err := createTAP(name, bridge, true, owner)
 	if err != nil {
 		return nil, err
 	}
@@ -183,7 +185,7 @@ func CreatePersistentTAP(name, bridge string) (*TAP, error) {
 	return t, nil
 }
 
-func createTAP(name, bridge string, persist bool) (*TAP, error) {
+func createTAP(name, bridge string, persist bool, owner uint32) (*TAP, error) {
 	br, err := netlink.LinkByName(bridge)
 	if err != nil {
 		return nil, fmt.Errorf("bridge %s: %w", bridge, err)
@@ -194,6 +196,8 @@ func createTAP(name, bridge string, persist bool) (*TAP, error) {
 		Flags:      netlink.TUNTAP_NO_PI | netlink.TUNTAP_VNET_HDR,
 		Queues:     1,
 		NonPersist: !persist,
+		Owner:      owner,
+		Group:      owner,
 	}
 	if err := netlink.LinkAdd(t); err != nil {
 		if errors.Is(err, unix.EPERM) {

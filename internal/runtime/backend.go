@@ -4,8 +4,6 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"os/exec"
-	"strings"
 
 	"github.com/mvm-dev/mvm/internal/fcinstall"
 	"github.com/mvm-dev/mvm/internal/image"
@@ -20,11 +18,9 @@ import (
 // host that has Firecracker; it is empty when there is nothing to explain.
 func (r *Runtime) chooseBackend(spec vm.Spec, img image.Image, restore *restoreSource) (backend, note string, err error) {
 	if restore != nil {
-		taken := restore.meta.Backend
-		if spec.Hypervisor != vm.HypervisorAuto && spec.Hypervisor != "" && spec.Hypervisor != taken {
-			return "", "", fmt.Errorf("--hypervisor %s: %s was taken on %s and restores only there: drop --hypervisor", spec.Hypervisor, restore.from, taken)
-		}
-		return taken, "", nil // checkRestorable has checked the host can
+		// resolveRestore refused another --hypervisor; checkRestorable has
+		// checked the host can.
+		return restore.meta.Backend, "", nil
 	}
 	switch spec.Hypervisor {
 	case vm.HypervisorQEMU:
@@ -71,13 +67,13 @@ func checkJailer(root layout.Root, b *firecracker.Backend) error {
 		return fmt.Errorf("--jailer: no %s in %s or on PATH (%w): it ships with firecracker, `mvmctl bootstrap --firecracker` installs both",
 			firecracker.JailerBinary, root.Bin(), err)
 	}
-	if b.IsTestDouble() {
-		// The Firecracker double runs QEMU, which a real jailer's chroot and uid
-		// switch would starve: only the jailer double goes with it.
-		out, err := exec.Command(jailer, "--version").Output()
-		if err != nil || !strings.Contains(string(out), firecracker.TestDoubleMarker) {
-			return errors.New("--jailer: the Firecracker test double runs only under the jailer test double")
-		}
+	// The Firecracker double runs QEMU, which a real jailer's chroot and uid
+	// switch would starve; the jailer double isolates nothing.
+	switch double := firecracker.IsTestDouble(jailer); {
+	case b.IsTestDouble() && !double:
+		return errors.New("--jailer: the Firecracker test double runs only under the jailer test double")
+	case !b.IsTestDouble() && double:
+		return fmt.Errorf("--jailer: %s is mvm's test double, which isolates nothing: remove it and install Firecracker's jailer with `mvmctl bootstrap --firecracker`", jailer)
 	}
 	if os.Geteuid() != 0 {
 		return errors.New("--jailer needs root (the jailer chroots, makes device nodes and switches uid): run as root")

@@ -96,6 +96,11 @@ func (r *Runtime) Down(ctx context.Context, name string, timeout time.Duration) 
 	if err != nil {
 		return err
 	}
+	if rec.Spec.Jailer {
+		// Its jail holds links to its disks and a copy of its secrets: whatever
+		// the supervisor could not remove goes now (nothing runs in it by now).
+		r.cleanupJail(rec)
+	}
 	if err := os.RemoveAll(r.Root.VM(rec.ID).Dir); err != nil && !errors.Is(err, os.ErrNotExist) {
 		return fmt.Errorf("remove %s: %w", r.Root.VM(rec.ID).Dir, err)
 	}

@@ -154,7 +154,7 @@ func (r *Runtime) sweepOrphanDirs() error {
 // does not die with it: the jailer's uid switch clears the parent-death
 // signal, so its cgroup is what reaches it) and removes its chroot and cgroup.
 func (r *Runtime) cleanupJail(rec vm.Record) {
-	b, err := firecracker.New(firecracker.HostOptions(r.Root.Bin()))
+	b, err := firecracker.ForCleanup(firecracker.HostOptions(r.Root.Bin()))
 	if err != nil {
 		r.Log.Warn("cannot clean up the VM's jail", "vm", rec.Spec.Name, "err", err)
 		return

@@ -108,11 +108,14 @@ func (r *Runtime) Validate(spec vm.Spec) error {
 	if spec.Kernel != "" {
 		return r.validateKernel(spec, img) // the image's kernel is not the one that boots
 	}
-	if spec.Hypervisor == vm.HypervisorFirecracker {
+	switch {
+	case spec.Hypervisor == vm.HypervisorFirecracker:
 		if err := r.firecrackerFits(img); err != nil {
 			return fmt.Errorf("--hypervisor firecracker: %w; or use --hypervisor qemu", err)
 		}
 		return nil // QEMU is not needed
+	case spec.Hypervisor == vm.HypervisorAuto && r.firecrackerFits(img) == nil:
+		return nil // auto picks Firecracker: a Firecracker host need not have QEMU
 	}
 	if _, err := exec.LookPath(qemu.Binary); err != nil {
 		return fmt.Errorf("%s not found: run `mvmctl bootstrap`", qemu.Binary)

@@ -42,11 +42,13 @@ func (s *supervisor) setupNetwork(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	createTAP := network.CreateTAP
 	if s.onFirecracker() {
-		createTAP = network.CreatePersistentTAP // Firecracker opens it by name
+		// Firecracker opens it by name, as the jail's uid when jailed.
+		s.tap, err = network.CreatePersistentTAP(s.rec.TAP, n.Bridge, uint32(s.rec.JailUID))
+	} else {
+		s.tap, err = network.CreateTAP(s.rec.TAP, n.Bridge)
 	}
-	if s.tap, err = createTAP(s.rec.TAP, n.Bridge); err != nil {
+	if err != nil {
 		return err
 	}
 	if n.Isolated {

@@ -181,19 +181,20 @@ func (src *restoreSource) checkSealed(names ...string) error {
 	src.memCheck = make(chan error, 1)
 	go func() {
 		begin := time.Now()
-		defer func() { src.memCheckTook = time.Since(begin) }()
-		for n, name := range names {
-			got, err := snapfile.DigestFile(src.dir.Path(name))
-			switch {
-			case err != nil:
-				src.memCheck <- fmt.Errorf("saved state %s: %w", name, err)
-				return
-			case got != want[n]:
-				src.memCheck <- fmt.Errorf("saved state %s: %w", name, snapfile.ErrTampered)
-				return
+		err := func() error {
+			for n, name := range names {
+				got, err := snapfile.DigestFile(src.dir.Path(name))
+				switch {
+				case err != nil:
+					return fmt.Errorf("saved state %s: %w", name, err)
+				case got != want[n]:
+					return fmt.Errorf("saved state %s: %w", name, snapfile.ErrTampered)
+				}
 			}
-		}
-		src.memCheck <- nil
+			return nil
+		}()
+		src.memCheckTook = time.Since(begin) // before the send, which orders it for verified's caller
+		src.memCheck <- err
 	}()
 	return nil
 }

@@ -658,7 +658,9 @@ func (s *supervisor) teardown(reason string) {
 		l.Close()
 	}
 	if s.link != nil {
-		close(s.stopLink)
+		if s.stopLink != nil { // nil when the link never came up
+			close(s.stopLink)
+		}
 		s.link.Close()
 	}
 	if s.hub != nil {

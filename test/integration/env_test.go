@@ -140,11 +140,12 @@ func (e *env) mvmctl(args ...string) []string {
 }
 
 // start starts a command in the test's namespace without waiting.
-func (e *env) start(args ...string) (*exec.Cmd, *bytes.Buffer, *bytes.Buffer) {
+// Its output buffers may be read while the command runs.
+func (e *env) start(args ...string) (*exec.Cmd, *syncBuffer, *syncBuffer) {
 	e.t.Helper()
 	argv := e.mvmctl(args...)
 	cmd := exec.Command(argv[0], argv[1:]...)
-	var so, se bytes.Buffer
+	var so, se syncBuffer
 	cmd.Stdout, cmd.Stderr = &so, &se
 	cmd.Env = append(os.Environ(), e.vars...)
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}

@@ -235,6 +235,9 @@ func TestFirecrackerJailer(t *testing.T) {
 		t.Skipf("the jailer needs a writable cgroup v2 hierarchy, and this host has none: %v", err)
 	}
 	os.Remove(probe)
+	// The jailer makes the parent cgroup its VMs' cgroups go in; remove it when
+	// this test's were the last (rmdir fails while others remain).
+	t.Cleanup(func() { os.Remove(cgroupDir("/firecracker")) })
 	e := newEnv(t)
 	e.hostMounts = true // the jail's cgroup lives in the host's cgroup file system
 	e.withFirecrackerDouble()
@@ -255,6 +258,11 @@ func TestFirecrackerJailer(t *testing.T) {
 	cgroup := procCgroup(t, fcPID)
 	if !strings.HasSuffix(cgroup, "/firecracker/mvm-"+j1.ID) {
 		t.Errorf("the jailed Firecracker is in cgroup %q", cgroup)
+	}
+	// The jailed Firecracker runs as the jail's uid, which must own the TAP to
+	// attach to it (the test double runs as root and would not notice).
+	if owner, err := e.inNS("cat", "/sys/class/net/mvt"+j1.ID+"/owner"); err != nil || strings.TrimSpace(owner) != "1073741824" {
+		t.Errorf("j1's TAP is owned by %q (%v), want the jail's uid 1073741824", owner, err)
 	}
 	e.mustExec("j1", "sh", "-c", "echo jailed > /root/marker; sync")
 	ip := strings.Split(j1.IP, "/")[0]

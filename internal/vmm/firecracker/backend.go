@@ -166,29 +166,17 @@ var _ vmm.Backend = (*Backend)(nil)
 // New finds the firecracker binary and checks that KVM is usable, and says how
 // to fix it when either is missing.
 func New(opts Options) (*Backend, error) {
-	var bin string
-	var err error
-	if opts.Binary != "" {
-		bin, err = exec.LookPath(opts.Binary)
-	} else {
-		bin, err = fcinstall.Lookup(opts.BinDir, Binary) // where bootstrap --firecracker puts it, then PATH
-	}
+	bin, err := lookupBinary(opts)
 	if err != nil {
-		if opts.Binary != "" {
-			return nil, fmt.Errorf("%w (%s: %w)", ErrNotFound, opts.Binary, err)
-		}
-		if opts.BinDir != "" {
-			return nil, fmt.Errorf("%w, or install it into %s with `mvmctl bootstrap --firecracker`", ErrNotFound, opts.BinDir)
-		}
-		return nil, ErrNotFound
+		return nil, err
 	}
 	detect := opts.detect
 	if detect == nil {
 		detect = qemu.DetectAccel
 	}
 	if opts.TestDouble {
-		if err := checkTestDouble(bin); err != nil {
-			return nil, err
+		if !IsTestDouble(bin) {
+			return nil, fmt.Errorf("%s=1 but %s is not mvm's test double (no %q in its --version): a real Firecracker needs KVM", EnvTestDouble, bin, TestDoubleMarker)
 		}
 		return &Backend{binary: bin, opts: opts, launch: execLaunch, accel: detect().Name}, nil
 	}
@@ -199,19 +187,53 @@ func New(opts Options) (*Backend, error) {
 		}
 		return nil, fmt.Errorf("%w: %s", ErrNoKVM, reason)
 	}
+	if IsTestDouble(bin) {
+		// Left on PATH or in the bin directory, it would run VMs on QEMU as if it
+		// were Firecracker, and jail nothing.
+		return nil, fmt.Errorf("%s is mvm's test double, not Firecracker: remove it and install Firecracker with `mvmctl bootstrap --firecracker`", bin)
+	}
 	return &Backend{binary: bin, opts: opts, launch: execLaunch, accel: "kvm"}, nil
 }
 
-// checkTestDouble refuses a binary that does not say it is the test double.
-func checkTestDouble(bin string) error {
-	out, err := exec.Command(bin, "--version").Output()
+// lookupBinary finds the firecracker binary opts name.
+func lookupBinary(opts Options) (string, error) {
+	var bin string
+	var err error
+	if opts.Binary != "" {
+		bin, err = exec.LookPath(opts.Binary)
+	} else {
+		bin, err = fcinstall.Lookup(opts.BinDir, Binary) // where bootstrap --firecracker puts it, then PATH
+	}
+	switch {
+	case err == nil:
+		return bin, nil
+	case opts.Binary != "":
+		return "", fmt.Errorf("%w (%s: %w)", ErrNotFound, opts.Binary, err)
+	case opts.BinDir != "":
+		return "", fmt.Errorf("%w, or install it into %s with `mvmctl bootstrap --firecracker`", ErrNotFound, opts.BinDir)
+	}
+	return "", ErrNotFound
+}
+
+// ForCleanup is a Backend that only ends and removes what VMs left in their
+// jails (KillJail, RemoveJail): it finds the binary as New does, since the
+// jail's path and cgroup are named after it, but checks neither KVM nor the
+// binary's kind, because it starts nothing.
+func ForCleanup(opts Options) (*Backend, error) {
+	bin, err := lookupBinary(opts)
 	if err != nil {
-		return fmt.Errorf("%s=1 but %s --version failed: %w", EnvTestDouble, bin, err)
+		return nil, err
 	}
-	if !strings.Contains(string(out), TestDoubleMarker) {
-		return fmt.Errorf("%s=1 but %s is not mvm's test double (no %q in its --version): a real Firecracker needs KVM", EnvTestDouble, bin, TestDoubleMarker)
-	}
-	return nil
+	return &Backend{binary: bin, opts: opts, launch: func(launchSpec) (process, error) {
+		return nil, errors.New("firecracker: a cleanup backend starts nothing")
+	}}, nil
+}
+
+// IsTestDouble says whether the program at path (firecracker or jailer) is one
+// of mvm's test doubles, as its --version output declares.
+func IsTestDouble(path string) bool {
+	out, err := exec.Command(path, "--version").Output()
+	return err == nil && strings.Contains(string(out), TestDoubleMarker)
 }
 
 // Name implements vmm.Backend.

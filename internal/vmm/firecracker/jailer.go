@@ -268,7 +268,7 @@ func (b *Backend) planJail(j Jailer, cfg vmm.Config, vm VMOptions) (*jailPlan, e
 	p.vsockHost = p.hostPath(p.vsockFC)
 	for _, s := range []string{p.apiSocket, p.vsockHost} {
 		if len(s) > maxSocketPath {
-			return nil, fmt.Errorf("firecracker jailer: socket path %s is longer than %d bytes: use a shorter chroot base or VM name", s, maxSocketPath)
+			return nil, fmt.Errorf("firecracker jailer: socket path %s is longer than %d bytes: use a shorter chroot base (with mvm: a shorter --root) or VM name", s, maxSocketPath)
 		}
 	}
 	if os.Geteuid() != 0 {
