@@ -6,21 +6,19 @@ import (
 	"fmt"
 	"os/exec"
 	"path/filepath"
-	"regexp"
 	"strings"
 	"time"
 
 	"github.com/mvm-dev/mvm/internal/fcinstall"
 	"github.com/mvm-dev/mvm/internal/image"
 	"github.com/mvm-dev/mvm/internal/layout"
+	"github.com/mvm-dev/mvm/internal/vmm/firecracker"
 	"github.com/mvm-dev/mvm/internal/vmm/firecracker/fcapi"
 	"github.com/mvm-dev/mvm/internal/vmm/qemu"
 )
 
 // versionTimeout bounds `firecracker --version`, which answers at once.
 const versionTimeout = 5 * time.Second
-
-var releaseRE = regexp.MustCompile(`v?([0-9]+)\.([0-9]+)\.([0-9]+)`)
 
 // firecrackerChecks are what the Firecracker backend needs: its programs, KVM
 // and a kernel that fits its device model.
@@ -66,12 +64,12 @@ func programCheck(ctx context.Context, root layout.Root, name, install string) (
 		return Check{Name: name, Status: Fail, Detail: p + " --version: " + err.Error(), Fix: install}, ""
 	}
 	detail := firstLine(out) + " (" + p + ")"
-	m := releaseRE.FindStringSubmatch(string(out))
-	if m == nil {
+	rel, ok := firecracker.ParseRelease(out)
+	if !ok {
 		return Check{Name: name, Status: Warn, Detail: detail + "; no version in its output", Fix: install}, ""
 	}
-	version := "v" + m[1] + "." + m[2] + "." + m[3]
-	if want := minorOf(fcapi.APIVersion); m[1]+"."+m[2] != want {
+	version := "v" + rel
+	if want := minorOf(fcapi.APIVersion); minorOf(rel) != want {
 		return Check{Name: name, Status: Warn, Detail: detail + "; mvm drives Firecracker " + want + ".x", Fix: install}, version
 	}
 	return Check{Name: name, Status: OK, Detail: detail}, version

@@ -195,10 +195,10 @@ func writeKernel(bzImage, dst string) (string, error) {
 		return "", err
 	}
 	if elf, err := kernel.ExtractVmlinux(raw); err == nil {
-		return "elf-pvh", os.WriteFile(dst, elf, 0o644)
+		return kernel.FormatELFPVH, os.WriteFile(dst, elf, 0o644)
 	}
 	// QEMU boots a bzImage too, only slower.
-	return "bzimage", os.WriteFile(dst, raw, 0o644)
+	return kernel.FormatBzImage, os.WriteFile(dst, raw, 0o644)
 }
 
 func writeInitramfs(k kernel.Unpacked, agentPath, dst string) ([]string, error) {

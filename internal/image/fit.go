@@ -76,7 +76,7 @@ func KernelFit(cfg kernel.Config, format string, initramfs []string) (backends [
 	// default image's modules are chosen for it.
 	backends = []string{BackendQEMU}
 	var missing []string
-	if format != "elf-pvh" && format != kernel.FormatELF { // a user's vmlinux (up --kernel) may have no PVH note
+	if format != kernel.FormatELFPVH && format != kernel.FormatELF { // a user's vmlinux (up --kernel) may have no PVH note
 		missing = append(missing, "the kernel is a "+format+", Firecracker boots an uncompressed ELF vmlinux")
 	}
 	if ok, why := findsDevices(cfg, initramfs); !ok {

@@ -12,11 +12,16 @@ import (
 	"github.com/mvm-dev/mvm/internal/vmm/firecracker"
 )
 
+// errNotConsidered stands for Firecracker's availability where it was not
+// looked for: --hypervisor qemu, or a restore (which runs where it was taken).
+var errNotConsidered = errors.New("firecracker was not considered")
+
 // chooseBackend decides which hypervisor runs a VM: the one asked for, the one a
 // snapshot was taken on, or for auto Firecracker when this host and the image's
-// kernel can run it, QEMU otherwise. note explains an auto choice of QEMU on a
-// host that has Firecracker; it is empty when there is nothing to explain.
-func (r *Runtime) chooseBackend(spec vm.Spec, img image.Image, restore *restoreSource) (backend, note string, err error) {
+// kernel can run it, QEMU otherwise. fc and fcErr are what looking for
+// Firecracker gave. note explains an auto choice of QEMU on a host that has
+// Firecracker; it is empty when there is nothing to explain.
+func chooseBackend(spec vm.Spec, img image.Image, restore *restoreSource, fc *firecracker.Backend, fcErr error) (backend, note string, err error) {
 	if restore != nil {
 		// resolveRestore refused another --hypervisor; checkRestorable has
 		// checked the host can.
@@ -26,27 +31,26 @@ func (r *Runtime) chooseBackend(spec vm.Spec, img image.Image, restore *restoreS
 	case vm.HypervisorQEMU:
 		return vm.HypervisorQEMU, "", nil
 	case vm.HypervisorFirecracker:
-		if err := r.firecrackerFits(img); err != nil {
+		if err := firecrackerFits(fc, img); err != nil {
 			return "", "", fmt.Errorf("--hypervisor firecracker: %w; or use --hypervisor qemu", err)
 		}
 		return vm.HypervisorFirecracker, "", nil
 	}
-	err = r.firecrackerFits(img)
+	err = fcErr
 	if err == nil {
-		return vm.HypervisorFirecracker, "", nil
+		err = firecrackerFits(fc, img)
 	}
-	if errors.Is(err, firecracker.ErrNotFound) {
+	switch {
+	case err == nil:
+		return vm.HypervisorFirecracker, "", nil
+	case errors.Is(err, firecracker.ErrNotFound):
 		return vm.HypervisorQEMU, "", nil // no Firecracker here: QEMU is the plain choice
 	}
 	return vm.HypervisorQEMU, "using QEMU, not Firecracker: " + err.Error(), nil
 }
 
-// firecrackerFits says why Firecracker cannot run img on this host, or nil.
-func (r *Runtime) firecrackerFits(img image.Image) error {
-	b, err := firecracker.New(firecracker.HostOptions(r.Root.Bin()))
-	if err != nil {
-		return err
-	}
+// firecrackerFits says why Firecracker (found as b) cannot run img, or nil.
+func firecrackerFits(b *firecracker.Backend, img image.Image) error {
 	if b.IsTestDouble() {
 		return nil // it runs the guest on QEMU, which every image fits
 	}

@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"io/fs"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 
@@ -13,7 +12,6 @@ import (
 	"github.com/mvm-dev/mvm/internal/image/kernel"
 	"github.com/mvm-dev/mvm/internal/vm"
 	"github.com/mvm-dev/mvm/internal/vmm/firecracker"
-	"github.com/mvm-dev/mvm/internal/vmm/qemu"
 )
 
 // userKernel is the kernel of `up --kernel`, as far as its file tells.
@@ -45,22 +43,24 @@ func inspectKernel(p string) (*userKernel, error) {
 	case !st.Mode().IsRegular():
 		return nil, fmt.Errorf("--kernel %s is not a regular file: %s", p, kernelFix)
 	}
-	k := &userKernel{path: abs}
-	if k.format, err = kernel.Format(abs); err != nil {
+	f, err := kernel.Open(abs)
+	if err != nil {
 		var pe *fs.PathError
 		if errors.As(err, &pe) { // it could not be opened or read, so nothing is known about it
 			return nil, fmt.Errorf("--kernel %s cannot be read: %w", p, err)
 		}
 		return nil, fmt.Errorf("--kernel %s is not a kernel mvm can boot: %w; %s", p, err, kernelFix)
 	}
+	defer f.Close()
+	k := &userKernel{path: abs, format: f.Format()}
 	var found bool
-	if k.config, found, err = kernel.EmbeddedConfig(abs); err != nil {
+	if k.config, found, err = f.Config(); err != nil {
 		return nil, fmt.Errorf("--kernel %s: read its embedded config: %w", p, err)
 	}
 	if !found {
 		k.config = nil
 	}
-	if k.release, _, err = kernel.Release(abs); err != nil {
+	if k.release, _, err = f.Release(); err != nil {
 		return nil, fmt.Errorf("--kernel %s: read its release: %w", p, err)
 	}
 	return k, nil
@@ -125,36 +125,8 @@ func (k *userKernel) notice(img image.Image) string {
 	return n
 }
 
-// validateKernel is Validate's part for `up --kernel`: the file, and a backend
-// that can boot it on this host.
-func (r *Runtime) validateKernel(spec vm.Spec, img image.Image) error {
-	k, err := inspectKernel(spec.Kernel)
-	if err != nil {
-		return err
-	}
-	backend, _, err := r.chooseForKernel(spec, img, k)
-	if err != nil {
-		return err
-	}
-	if backend == vm.HypervisorQEMU {
-		if _, err := exec.LookPath(qemu.Binary); err != nil {
-			return fmt.Errorf("%s not found: run `mvmctl bootstrap`", qemu.Binary)
-		}
-	}
-	return nil
-}
-
-// chooseForKernel is chooseBackend for a VM booting k (see kernelBackend).
-func (r *Runtime) chooseForKernel(spec vm.Spec, img image.Image, k *userKernel) (backend, note string, err error) {
-	var fcHost error
-	if spec.Hypervisor != vm.HypervisorFirecracker && spec.Hypervisor != vm.HypervisorQEMU {
-		_, fcHost = firecracker.New(firecracker.HostOptions(r.Root.Bin()))
-	}
-	return kernelBackend(spec, img, k, fcHost)
-}
-
 // kernelBackend chooses the backend of a VM booting k: the one asked for if k
-// can boot there (Validate has checked this host runs it); for auto, Firecracker
+// can boot there (plan has checked this host runs it); for auto, Firecracker
 // when this host runs it (fcHost is nil) and k is known to fit it, or QEMU cannot
 // boot k; else QEMU. note explains an auto choice of QEMU and adds what could
 // not be checked about k.

@@ -58,12 +58,7 @@ func (r *Runtime) cleanupDead(rec vm.Record) {
 		_ = procutil.Kill(rec.HypervisorPID, rec.HypervisorStart, syscall.SIGKILL)
 		procutil.WaitGone(rec.HypervisorPID, rec.HypervisorStart, 5*time.Second)
 	}
-	if rec.Spec.Jailer {
-		r.cleanupJail(rec)
-	}
-	if rec.TAP != "" {
-		_ = network.DeleteLink(rec.TAP)
-	}
+	r.releaseLeftovers(rec)
 	// A VM that was waking and had not run yet still has its saved state: it sleeps on.
 	dir := r.Root.VM(rec.ID)
 	sleeping := snapfile.Sealed(dir.Sleep().Dir)
@@ -148,6 +143,17 @@ func (r *Runtime) sweepOrphanDirs() error {
 		lock.Unlock()
 	}
 	return nil
+}
+
+// releaseLeftovers removes what a VM whose processes are gone may still hold on
+// the host: its TAP (a persistent one, Firecracker's, outlives them) and its jail.
+func (r *Runtime) releaseLeftovers(rec vm.Record) {
+	if rec.Spec.Jailer {
+		r.cleanupJail(rec)
+	}
+	if rec.TAP != "" {
+		_ = network.DeleteLink(rec.TAP)
+	}
 }
 
 // cleanupJail ends what a jailed Firecracker left when its supervisor died (it

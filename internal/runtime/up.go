@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/mvm-dev/mvm/internal/forward"
+	"github.com/mvm-dev/mvm/internal/image"
 	"github.com/mvm-dev/mvm/internal/layout"
 	"github.com/mvm-dev/mvm/internal/network"
 	"github.com/mvm-dev/mvm/internal/procutil"
@@ -39,11 +40,9 @@ type UpOptions struct {
 	// cold-booted with its settings). Spec fields left zero are taken from it.
 	Snapshot, Template string
 
-	restore     *restoreSource // set by Prepare
-	prepared    bool
-	backendNote string // why auto did not pick Firecracker, where that needs saying
-
-	kernel *userKernel // up --kernel, inspected by Prepare
+	restore  *restoreSource // set by Prepare
+	prepared bool
+	upPlan   // settled by Prepare
 }
 
 // Started is a VM that answered.
@@ -67,60 +66,89 @@ func (s *Started) WaitSupervisor() {
 // Validate checks an up request without changing anything, so bad input fails before
 // any state is made.
 func (r *Runtime) Validate(spec vm.Spec) error {
+	_, err := r.plan(spec, nil)
+	return err
+}
+
+// upPlan is what checking an up request settles, once: the image the VM boots or
+// restores, the kernel it brings, and the backend that runs it.
+type upPlan struct {
+	img         image.Image
+	kernel      *userKernel // up --kernel
+	backend     string
+	backendNote string // why auto did not pick Firecracker, what was not checked about the kernel
+}
+
+// plan checks an up request (restored from restore, when set) against this host
+// and settles how the VM will run. It changes nothing.
+func (r *Runtime) plan(spec vm.Spec, restore *restoreSource) (upPlan, error) {
+	var p upPlan
 	if spec.Name != "" {
 		if err := vm.ValidateName(spec.Name); err != nil {
-			return err
+			return p, err
 		}
 	} else {
 		spec.Name = "placeholder"
 	}
 	if err := spec.Validate(goruntime.NumCPU()); err != nil {
-		return err
+		return p, err
+	}
+	// Firecracker is looked for once (it runs the binary), and what this host
+	// lacks for it is said first when it was asked for.
+	// (A restore runs where it was taken, which checkRestorable has checked;
+	// one that is jailed asks for Firecracker, whose jailer is checked here.)
+	var fc *firecracker.Backend
+	fcErr := errNotConsidered
+	if spec.Hypervisor == vm.HypervisorFirecracker || spec.Hypervisor == vm.HypervisorAuto && restore == nil {
+		fc, fcErr = firecracker.New(firecracker.HostOptions(r.Root.Bin()))
 	}
 	if spec.Hypervisor == vm.HypervisorFirecracker {
-		// What this host lacks (the binary, KVM) comes first; the image's fit is
-		// checked once the image is known.
-		b, err := firecracker.New(firecracker.HostOptions(r.Root.Bin()))
-		if err != nil {
-			return fmt.Errorf("--hypervisor firecracker: %w; or use --hypervisor qemu", err)
+		if fcErr != nil {
+			return p, fmt.Errorf("--hypervisor firecracker: %w; or use --hypervisor qemu", fcErr)
 		}
 		if spec.Jailer {
-			if err := checkJailer(r.Root, b); err != nil {
-				return err
+			if err := checkJailer(r.Root, fc); err != nil {
+				return p, err
 			}
 		}
 	}
 	if err := forward.CheckFree(spec.Ports); err != nil {
-		return err
+		return p, err
 	}
 	if spec.Network != vm.NetworkNone {
 		if os.Geteuid() != 0 {
-			return errors.New("a VM on a network needs root (it creates a bridge and a TAP): run as root, or use --network none")
+			return p, errors.New("a VM on a network needs root (it creates a bridge and a TAP): run as root, or use --network none")
 		}
 		if _, err := os.Stat("/dev/net/tun"); err != nil {
-			return errors.New("/dev/net/tun is missing: load the tun module (`modprobe tun`), or use --network none")
+			return p, errors.New("/dev/net/tun is missing: load the tun module (`modprobe tun`), or use --network none")
 		}
 	}
-	img, err := r.Images.Get(spec.Image)
-	if err != nil {
-		return err
+	imgRef := spec.Image
+	if restore != nil {
+		imgRef = restore.meta.ImageDigest // the very image the snapshot booted
+	}
+	var err error
+	if p.img, err = r.Images.Get(imgRef); err != nil {
+		return p, err
 	}
 	if spec.Kernel != "" {
-		return r.validateKernel(spec, img) // the image's kernel is not the one that boots
-	}
-	switch {
-	case spec.Hypervisor == vm.HypervisorFirecracker:
-		if err := r.firecrackerFits(img); err != nil {
-			return fmt.Errorf("--hypervisor firecracker: %w; or use --hypervisor qemu", err)
+		if p.kernel, err = inspectKernel(spec.Kernel); err != nil {
+			return p, err
 		}
-		return nil // QEMU is not needed
-	case spec.Hypervisor == vm.HypervisorAuto && r.firecrackerFits(img) == nil:
-		return nil // auto picks Firecracker: a Firecracker host need not have QEMU
+		spec.Kernel = p.kernel.path
+		p.backend, p.backendNote, err = kernelBackend(spec, p.img, p.kernel, fcErr)
+	} else {
+		p.backend, p.backendNote, err = chooseBackend(spec, p.img, restore, fc, fcErr)
 	}
-	if _, err := exec.LookPath(qemu.Binary); err != nil {
-		return fmt.Errorf("%s not found: run `mvmctl bootstrap`", qemu.Binary)
+	if err != nil {
+		return p, err
 	}
-	return nil
+	if p.backend == vm.HypervisorQEMU {
+		if _, err := exec.LookPath(qemu.Binary); err != nil {
+			return p, fmt.Errorf("%s not found: run `mvmctl bootstrap`", qemu.Binary)
+		}
+	}
+	return p, nil
 }
 
 func joinNotices(a, b string) string {
@@ -147,15 +175,13 @@ func (r *Runtime) Prepare(ctx context.Context, o *UpOptions) error {
 		}
 		o.restore = src
 	}
-	if err := r.Validate(o.Spec); err != nil {
+	p, err := r.plan(o.Spec, o.restore)
+	if err != nil {
 		return err
 	}
-	if o.Spec.Kernel != "" {
-		k, err := inspectKernel(o.Spec.Kernel)
-		if err != nil {
-			return err
-		}
-		o.kernel, o.Spec.Kernel = k, k.path // the supervisor runs elsewhere: an absolute path
+	o.upPlan = p
+	if p.kernel != nil {
+		o.Spec.Kernel = p.kernel.path // the supervisor runs elsewhere: an absolute path
 	}
 	o.prepared = true
 	return nil
@@ -167,24 +193,7 @@ func (r *Runtime) Up(ctx context.Context, o UpOptions) (*Started, error) {
 	if err := r.Prepare(ctx, &o); err != nil {
 		return nil, err
 	}
-	imgRef := o.Spec.Image
-	if o.restore != nil {
-		imgRef = o.restore.meta.ImageDigest // the very image the snapshot booted
-	}
-	img, err := r.Images.Get(imgRef)
-	if err != nil {
-		return nil, err
-	}
-	var backend, note string
-	if o.kernel != nil {
-		backend, note, err = r.chooseForKernel(o.Spec, img, o.kernel)
-	} else {
-		backend, note, err = r.chooseBackend(o.Spec, img, o.restore)
-	}
-	if err != nil {
-		return nil, err
-	}
-	o.backendNote = note
+	img, backend := o.img, o.backend
 	if err := r.Root.EnsureDirs(); err != nil {
 		return nil, err
 	}
@@ -192,6 +201,7 @@ func (r *Runtime) Up(ctx context.Context, o UpOptions) (*Started, error) {
 		return nil, err
 	}
 	var hostPrefixes []netip.Prefix
+	var err error
 	bridge := r.bridgeName(vm.NetworkDefault)
 	if o.Spec.Network == vm.NetworkDefault {
 		if hostPrefixes, err = network.HostPrefixes(bridge); err != nil {
@@ -457,34 +467,22 @@ func (r *Runtime) discard(rec vm.Record) {
 		}
 		return tx.DeleteVM(rec.Spec.Name)
 	})
-	// What a supervisor that died early could not remove: a persistent TAP
-	// (Firecracker's), a jail.
-	if rec.TAP != "" {
-		_ = network.DeleteLink(rec.TAP)
-	}
-	if rec.Spec.Jailer {
-		r.cleanupJail(rec)
-	}
+	r.releaseLeftovers(rec) // what a supervisor that died early could not remove
 	_ = os.RemoveAll(dir.Dir)
 }
 
 // logTail is the last n lines of a log file, indented, or a note that it cannot
-// be read.
+// be read. A crash says what it was where it begins, not at the end of its
+// trace: a log with a panic gives n lines from there.
 func logTail(path string, n int) string {
 	raw, err := os.ReadFile(path)
 	if err != nil {
 		return "  (" + err.Error() + ")"
 	}
-	lines := strings.Split(strings.TrimRight(string(raw), "\n"), "\n")
-	// A crash says what it was where it begins, not at the end of its trace.
-	for i, l := range lines {
-		if strings.HasPrefix(l, "panic: ") {
-			lines = lines[i:min(len(lines), i+n)]
-			break
-		}
+	text := string(tailLines(raw, n))
+	if i := strings.Index(string(raw), "panic: "); i >= 0 && (i == 0 || raw[i-1] == '\n') {
+		lines := strings.SplitN(string(raw[i:]), "\n", n+1)
+		text = strings.Join(lines[:min(n, len(lines))], "\n")
 	}
-	if len(lines) > n {
-		lines = lines[len(lines)-n:]
-	}
-	return "  " + strings.Join(lines, "\n  ")
+	return "  " + strings.ReplaceAll(strings.TrimRight(text, "\n"), "\n", "\n  ")
 }

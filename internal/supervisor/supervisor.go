@@ -673,7 +673,7 @@ func (s *supervisor) teardown(reason string) {
 	if s.tap != nil {
 		s.tap.Close()
 	}
-	if fc, ok := s.inst.(*firecracker.Instance); ok && s.rec.Spec.Jailer {
+	if fc, ok := s.inst.(*firecracker.Instance); ok { // a no-op unless jailed
 		if err := fc.RemoveJail(); err != nil {
 			s.o.Log.Error("remove the VM's jail", "err", err)
 		}

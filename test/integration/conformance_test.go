@@ -80,7 +80,7 @@ func TestConformanceFirecracker(t *testing.T) {
 // the agent's virtio-serial port).
 func TestConformanceFirecrackerDouble(t *testing.T) {
 	requireSuite(t)
-	bin := buildFirecrackerDouble(t, t.TempDir())
+	bin := testDouble(t, "firecracker")
 	b, err := firecracker.New(firecracker.Options{Binary: bin, TestDouble: true, RunDir: t.TempDir()})
 	if err != nil {
 		t.Fatal(err)

@@ -7,11 +7,13 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
 
 	"github.com/mvm-dev/mvm/internal/snapfile"
+	"github.com/mvm-dev/mvm/internal/vmm/firecracker"
 )
 
 // withFirecrackerDouble installs mvm's QEMU-backed Firecracker test double as
@@ -22,31 +24,54 @@ import (
 // vsock is not exercised, since the double gives the agent a virtio-serial port.
 func (e *env) withFirecrackerDouble() {
 	e.t.Helper()
-	buildTestDouble(e.t, filepath.Join(e.root, "bin"), "firecracker")
+	installTestDouble(e.t, filepath.Join(e.root, "bin"), "firecracker")
 	e.vars = append(e.vars, "MVM_FIRECRACKER_TEST_DOUBLE=1")
 }
 
-// buildFirecrackerDouble builds the Firecracker test double as dir/firecracker.
-func buildFirecrackerDouble(t *testing.T, dir string) string {
-	return buildTestDouble(t, dir, "firecracker")
+// testDoubles are the firecracker and jailer test doubles, built once for every
+// test that needs them (TestMain removes them).
+var testDoubles struct {
+	once sync.Once
+	dir  string
+	err  error
 }
 
-// buildTestDouble builds a test double (firecracker or jailer) as dir/name.
-func buildTestDouble(t *testing.T, dir, name string) string {
+// testDouble is the built test double name (firecracker or jailer).
+func testDouble(t *testing.T, name string) string {
+	t.Helper()
+	testDoubles.once.Do(func() {
+		if testDoubles.dir, testDoubles.err = os.MkdirTemp("", "mvm-it-doubles-"); testDoubles.err != nil {
+			return
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+		defer cancel()
+		for _, n := range []string{"firecracker", "jailer"} {
+			cmd := exec.CommandContext(ctx, "go", "build", "-trimpath", "-o", filepath.Join(testDoubles.dir, n),
+				"./internal/vmm/firecracker/qemudouble/cmd/"+n)
+			cmd.Dir = "../.."
+			cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+			if out, err := cmd.CombinedOutput(); err != nil {
+				testDoubles.err = fmt.Errorf("build the %s test double: %v: %s", n, err, out)
+				return
+			}
+		}
+	})
+	if testDoubles.err != nil {
+		t.Fatal(testDoubles.err)
+	}
+	return filepath.Join(testDoubles.dir, name)
+}
+
+// installTestDouble puts the test double name into dir, where mvm looks for it
+// (a hard link: the jailer takes the name of a symlink's target).
+func installTestDouble(t *testing.T, dir, name string) {
 	t.Helper()
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
-	defer cancel()
-	bin := filepath.Join(dir, name)
-	cmd := exec.CommandContext(ctx, "go", "build", "-trimpath", "-o", bin, "./internal/vmm/firecracker/qemudouble/cmd/"+name)
-	cmd.Dir = "../.."
-	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
-	if out, err := cmd.CombinedOutput(); err != nil {
-		t.Fatalf("build the %s test double: %v: %s", name, err, out)
+	if err := os.Link(testDouble(t, name), filepath.Join(dir, name)); err != nil {
+		t.Fatal(err)
 	}
-	return bin
 }
 
 // TestFirecrackerBackend runs VMs through mvm's Firecracker backend end to end,
@@ -241,7 +266,7 @@ func TestFirecrackerJailer(t *testing.T) {
 	e := newEnv(t)
 	e.hostMounts = true // the jail's cgroup lives in the host's cgroup file system
 	e.withFirecrackerDouble()
-	buildTestDouble(t, filepath.Join(e.root, "bin"), "jailer")
+	installTestDouble(t, filepath.Join(e.root, "bin"), "jailer")
 
 	e.must("up", "-d", "--name", "j1", "--hypervisor", "firecracker", "--jailer", "--memory", "256M")
 	j1 := e.vm("j1")
@@ -285,7 +310,7 @@ func TestFirecrackerJailer(t *testing.T) {
 	// removes the jail.
 	e.killSupervisor("j1", j1.ID)
 	if err := syscall.Kill(fcPID, 0); err != nil {
-		t.Logf("the jailed Firecracker died with its supervisor (%v): the cgroup kill is not exercised", err)
+		t.Errorf("the jailed Firecracker died with its supervisor (%v): the cleanup through its cgroup is not exercised", err)
 	}
 	if after := e.vm("j1"); after.State != "exited" { // this command reconciles
 		t.Errorf("after the supervisor's kill: %+v", after)
@@ -341,15 +366,13 @@ func procCgroup(t *testing.T, pid int) string {
 	return ""
 }
 
-// cgroupDir is where a cgroup v2 path lies: under the first cgroup2 mount.
+// cgroupDir is where a cgroup v2 path lies: under the mount the jailer uses.
+// Without one it is under /sys/fs/cgroup, where TestFirecrackerJailer's probe
+// then fails and skips the test, saying so.
 func cgroupDir(cg string) string {
-	raw, _ := os.ReadFile("/proc/self/mountinfo")
-	for _, line := range strings.Split(string(raw), "\n") {
-		if pre, post, ok := strings.Cut(line, " - "); ok && strings.HasPrefix(post, "cgroup2 ") {
-			if f := strings.Fields(pre); len(f) > 4 {
-				return filepath.Join(f[4], cg)
-			}
-		}
+	mount, err := firecracker.CgroupMount()
+	if err != nil {
+		mount = "/sys/fs/cgroup"
 	}
-	return filepath.Join("/sys/fs/cgroup", cg)
+	return filepath.Join(mount, cg)
 }

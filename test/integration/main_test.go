@@ -33,6 +33,9 @@ func TestMain(m *testing.M) {
 	if suite.bin != "" && os.Getenv("MVM_TEST_BIN") == "" {
 		os.RemoveAll(suite.bin)
 	}
+	if testDoubles.dir != "" {
+		os.RemoveAll(testDoubles.dir)
+	}
 	os.Exit(code)
 }
 

@@ -67,25 +67,56 @@ func Release(path string) (release string, found bool, err error) {
 
 // withFile opens path for reading and runs fn on it as a kernel file.
 func withFile(path string, fn func(*kernelFile) error) error {
-	// O_NONBLOCK: opening a FIFO given by mistake must not wait for a writer.
-	f, err := os.OpenFile(path, os.O_RDONLY|syscall.O_NONBLOCK, 0)
+	f, err := Open(path)
 	if err != nil {
 		return err
 	}
 	defer f.Close()
+	return fn(f.k)
+}
+
+// File is a kernel file open for inspection: what Format, EmbeddedConfig and
+// Release each read, from one open and one parse of its headers.
+type File struct {
+	f *os.File
+	k *kernelFile
+}
+
+// Open opens the kernel file at path, or says why it is none.
+func Open(path string) (*File, error) {
+	// O_NONBLOCK: opening a FIFO given by mistake must not wait for a writer.
+	f, err := os.OpenFile(path, os.O_RDONLY|syscall.O_NONBLOCK, 0)
+	if err != nil {
+		return nil, err
+	}
 	st, err := f.Stat()
 	if err != nil {
-		return err
+		f.Close()
+		return nil, err
 	}
 	if !st.Mode().IsRegular() {
-		return fmt.Errorf("%s is not a regular file", path)
+		f.Close()
+		return nil, fmt.Errorf("%s is not a regular file", path)
 	}
 	k, err := open(f, st.Size())
 	if err != nil {
-		return err
+		f.Close()
+		return nil, err
 	}
-	return fn(k)
+	return &File{f: f, k: k}, nil
 }
+
+// Close closes the file.
+func (f *File) Close() error { return f.f.Close() }
+
+// Format is the kind of kernel the file is (see Format).
+func (f *File) Format() string { return f.k.format }
+
+// Config is the file's embedded build config (see EmbeddedConfig).
+func (f *File) Config() (Config, bool, error) { return f.k.config() }
+
+// Release is the kernel release the file states (see Release).
+func (f *File) Release() (string, bool, error) { return f.k.release() }
 
 // kernelFile is a file whose kernel format is known.
 type kernelFile struct {

@@ -248,8 +248,19 @@ func (b *Backend) Accel() string {
 	return b.accel
 }
 
-// versionRE finds the release in `firecracker --version` ("Firecracker v1.13.1").
-var versionRE = regexp.MustCompile(`\bv([0-9]+\.[0-9]+\.[0-9]+)\b`)
+// releaseRE finds the release in a Firecracker program's --version output
+// ("Firecracker v1.13.1", "Jailer v1.13.1").
+var releaseRE = regexp.MustCompile(`v?([0-9]+\.[0-9]+\.[0-9]+)`)
+
+// ParseRelease finds the release ("1.13.1") in the --version output of
+// firecracker or jailer.
+func ParseRelease(out []byte) (string, bool) {
+	m := releaseRE.FindSubmatch(out)
+	if m == nil {
+		return "", false
+	}
+	return string(m[1]), true
+}
 
 // BinaryVersion is the release of the firecracker binary in use, as its API's
 // GET /version reports it (1.13.1), which is what snapshots record.
@@ -258,11 +269,11 @@ func (b *Backend) BinaryVersion(ctx context.Context) (string, error) {
 	if err != nil {
 		return "", fmt.Errorf("%s --version: %w", b.binary, err)
 	}
-	m := versionRE.FindStringSubmatch(string(out))
-	if m == nil {
+	rel, ok := ParseRelease(out)
+	if !ok {
 		return "", fmt.Errorf("%s --version: no version in %q", b.binary, strings.TrimSpace(string(out)))
 	}
-	return m[1], nil
+	return rel, nil
 }
 
 // IsTestDouble says the binary is mvm's QEMU-backed test double.

@@ -41,20 +41,30 @@ const (
 // the kernel has no cgroup.kill (it came in Linux 5.14).
 var errNoCgroupKill = errors.New("the kernel has no cgroup.kill (it needs Linux 5.14)")
 
+// CgroupMount is where Firecracker's jailer finds cgroup v2: the mount point
+// of the first cgroup2 mount in /proc/self/mountinfo, as the jailer takes the
+// first in /proc/mounts. That is /sys/fs/cgroup on a unified host but, say,
+// /sys/fs/cgroup/unified on a hybrid one. It fails when mountinfo cannot be
+// read or lists no cgroup2 mount.
+func CgroupMount() (string, error) {
+	f, err := os.Open("/proc/self/mountinfo")
+	if err != nil {
+		return "", err
+	}
+	defer f.Close()
+	if m, ok := parseCgroup2Mount(f); ok {
+		return m, nil
+	}
+	return "", errors.New("no cgroup2 mount in /proc/self/mountinfo")
+}
+
 // cgroupMountPoint is where the jailer finds cgroup v2: Jailer.cgroupMount
-// when set (tests), else the first cgroup2 mount in /proc/self/mountinfo, as
-// the jailer takes the first in /proc/mounts. That is /sys/fs/cgroup on a
-// unified host but, say, /sys/fs/cgroup/unified on a hybrid one.
+// when set (tests), else CgroupMount, else defaultCgroupMount.
 func (j Jailer) cgroupMountPoint() string {
 	if j.cgroupMount != "" {
 		return j.cgroupMount
 	}
-	f, err := os.Open("/proc/self/mountinfo")
-	if err != nil {
-		return defaultCgroupMount
-	}
-	defer f.Close()
-	if m, ok := parseCgroup2Mount(f); ok {
+	if m, err := CgroupMount(); err == nil {
 		return m
 	}
 	return defaultCgroupMount

@@ -178,17 +178,7 @@ func TestKillCgroupWaitsUntilEmpty(t *testing.T) {
 	done := make(chan error, 1)
 	go func() { done <- killCgroup(context.Background(), dir) }()
 	time.Sleep(3 * cgroupPoll)
-	if err := os.WriteFile(filepath.Join(dir, "cgroup.procs"), nil, 0o644); err != nil {
-		t.Fatal(err)
-	}
-	select {
-	case err := <-done:
-		if err != nil {
-			t.Errorf("killCgroup once empty: %v", err)
-		}
-	case <-time.After(5 * time.Second):
-		t.Fatal("killCgroup did not notice the cgroup empty")
-	}
+	emptyCgroup(t, dir, done)
 
 	if err := killCgroup(context.Background(), filepath.Join(dir, "gone")); err != nil {
 		t.Errorf("killCgroup of no cgroup: %v", err)
@@ -196,6 +186,24 @@ func TestKillCgroupWaitsUntilEmpty(t *testing.T) {
 	if err := killCgroup(context.Background(), fakeCgroup(t, map[string]string{"cgroup.kill": "", "cgroup.procs": "x\n"})); err == nil ||
 		!strings.Contains(err.Error(), "not a PID") {
 		t.Errorf("killCgroup with a bad cgroup.procs: %v", err)
+	}
+}
+
+// emptyCgroup empties the fake cgroup dir's cgroup.procs, as the kernel does
+// once its processes are gone, and checks that the killCgroup reporting to done
+// then returns, without an error.
+func emptyCgroup(t *testing.T, dir string, done <-chan error) {
+	t.Helper()
+	if err := os.WriteFile(filepath.Join(dir, "cgroup.procs"), nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Errorf("killCgroup once the cgroup is empty: %v", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("killCgroup did not return once the cgroup was empty")
 	}
 }
 
@@ -253,17 +261,7 @@ func TestKillCgroupWithoutCgroupKill(t *testing.T) {
 	waitZombie(t, victim.Process.Pid)
 	// As the kernel would once it has exited (and before it is reaped, so its
 	// PID cannot be reused while the fake still lists it).
-	if err := os.WriteFile(filepath.Join(dir, "cgroup.procs"), nil, 0o644); err != nil {
-		t.Fatal(err)
-	}
-	select {
-	case err := <-done:
-		if err != nil {
-			t.Errorf("killCgroup: %v", err)
-		}
-	case <-time.After(5 * time.Second):
-		t.Fatal("killCgroup did not return once the cgroup was empty")
-	}
+	emptyCgroup(t, dir, done)
 	killedBySIGKILL(t, victim)
 	if err := bystander.Process.Signal(syscall.Signal(0)); err != nil {
 		t.Errorf("a process not in the cgroup was killed: %v", err)

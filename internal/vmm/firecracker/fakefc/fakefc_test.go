@@ -299,11 +299,7 @@ func snapshot(t *testing.T, dir string, opts ...fakefc.Option) (state, mem strin
 
 func TestSnapshotRoundTrip(t *testing.T) {
 	dir := t.TempDir()
-	for _, f := range []string{"root.img", "metrics"} {
-		if err := os.WriteFile(filepath.Join(dir, f), nil, 0o600); err != nil {
-			t.Fatal(err)
-		}
-	}
+	touch(t, dir, "root.img", "metrics")
 	state, mem := snapshot(t, dir)
 	for _, p := range []string{state, mem} {
 		if fi, err := os.Stat(p); err != nil || fi.Size() == 0 {
@@ -412,17 +408,12 @@ func TestFileChecks(t *testing.T) {
 // inside the root, as a jailed Firecracker's paths lie inside its chroot.
 func TestRoot(t *testing.T) {
 	root := t.TempDir()
-	for _, f := range []string{"vmlinux", "fc.log", "metrics", "root.img"} {
-		if err := os.WriteFile(filepath.Join(root, f), nil, 0o600); err != nil {
-			t.Fatal(err)
-		}
-	}
+	touch(t, root, "vmlinux", "fc.log", "metrics", "root.img")
 	// The host's files are not the jail's: an absolute path that exists on
 	// the host but not in the root is refused.
-	host := filepath.Join(t.TempDir(), "vmlinux")
-	if err := os.WriteFile(host, nil, 0o600); err != nil {
-		t.Fatal(err)
-	}
+	hostDir := t.TempDir()
+	touch(t, hostDir, "vmlinux")
+	host := filepath.Join(hostDir, "vmlinux")
 	srv := fakefc.New(t, fakefc.WithRoot(root))
 	for _, s := range []step{
 		put("/boot-source", `{"kernel_image_path": "`+host+`"}`, 400, "kernel file cannot be opened"),

@@ -56,7 +56,6 @@ type VM struct {
 type Drive struct {
 	ID       string
 	Path     string // empty for a vhost-user drive
-	Socket   string // a vhost-user drive's socket, resolved
 	ReadOnly bool
 	Root     bool
 }
@@ -103,14 +102,11 @@ func (s *Server) vm() (VM, error) {
 		}
 		v.BootArgs, _ = bs["boot_args"].(string)
 	}
-	for _, id := range s.driveOrder() {
+	for _, id := range s.cfg.driveOrder {
 		d := s.cfg.drives[id]
 		drv := Drive{ID: id}
 		if p, ok := d["path_on_host"].(string); ok {
 			drv.Path = s.file(p)
-		}
-		if p, ok := d["socket"].(string); ok {
-			drv.Socket = s.file(p)
 		}
 		drv.ReadOnly, _ = d["is_read_only"].(bool)
 		drv.Root, _ = d["is_root_device"].(bool)
@@ -142,23 +138,6 @@ func (s *Server) vm() (VM, error) {
 		v.Vsock = &Vsock{GuestCID: uint32(cid), UDSPath: s.file(uds)}
 	}
 	return v, nil
-}
-
-// driveOrder is the order drives were first configured in. A snapshot made
-// before the order was recorded falls back to the ids' order.
-func (s *Server) driveOrder() []string {
-	var ids []string
-	for _, id := range s.cfg.driveOrder {
-		if _, ok := s.cfg.drives[id]; ok && !slices.Contains(ids, id) {
-			ids = append(ids, id)
-		}
-	}
-	for _, id := range sortedKeys(s.cfg.drives) {
-		if !slices.Contains(ids, id) {
-			ids = append(ids, id)
-		}
-	}
-	return ids
 }
 
 // number reads a JSON number as the request decoder (json.Number), a

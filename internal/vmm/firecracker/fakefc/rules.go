@@ -125,9 +125,9 @@ func (s *Server) lookup(ctx context.Context, method, path string) (route, string
 	rt, ok := map[string]route{
 		"/boot-source":     {schema: "BootSource", apply: (*Server).putBootSource},
 		"/machine-config":  {schema: "MachineConfiguration", apply: (*Server).putMachine},
-		"/vsock":           {schema: "Vsock", apply: preboot(func(c *config, b map[string]any) { c.vsock = b }, true)},
-		"/entropy":         {schema: "EntropyDevice", apply: preboot(func(c *config, b map[string]any) { c.entropy = b }, true)},
-		"/balloon":         {schema: "Balloon", apply: preboot(func(c *config, b map[string]any) { c.balloon = b }, true)},
+		"/vsock":           {schema: "Vsock", apply: preboot(func(c *config, b map[string]any) { c.vsock = b })},
+		"/entropy":         {schema: "EntropyDevice", apply: preboot(func(c *config, b map[string]any) { c.entropy = b })},
+		"/balloon":         {schema: "Balloon", apply: preboot(func(c *config, b map[string]any) { c.balloon = b })},
 		"/logger":          {schema: "Logger", apply: (*Server).putLogger},
 		"/metrics":         {schema: "Metrics", apply: (*Server).putMetrics},
 		"/actions":         {schema: "InstanceActionInfo", apply: withCtx((*Server).action)},
@@ -147,14 +147,14 @@ func validID(id string) bool {
 	return true
 }
 
-// preboot stores a resource that can only be set before InstanceStart.
-// Logger and metrics are not boot-specific: they do not block a snapshot load.
-func preboot(store func(*config, map[string]any), bootSpecific bool) func(*Server, map[string]any) reply {
+// preboot stores a boot-specific resource, one that can only be set before
+// InstanceStart and blocks a snapshot load.
+func preboot(store func(*config, map[string]any)) func(*Server, map[string]any) reply {
 	return func(s *Server, body map[string]any) reply {
 		if s.started {
 			return bad(msgPostBoot)
 		}
-		s.bootPath = s.bootPath || bootSpecific
+		s.bootPath = true
 		store(&s.cfg, body)
 		return noContent
 	}

@@ -43,21 +43,25 @@ type inProcess struct {
 	cancel context.CancelFunc
 }
 
+// startInProcess runs the double in a new directory with a relative API
+// socket.
 func startInProcess(t *testing.T) *inProcess {
 	t.Helper()
-	// Short, so the socket path stays under the 108-byte limit.
-	dir, err := os.MkdirTemp("", "qd-")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.RemoveAll(dir) })
+	return runInProcess(t, shortTempDir(t, "qd-"), "api.sock", "--api-sock", "api.sock", "--id", "qd-test")
+}
+
+// runInProcess runs Run with args in the test process, in dir, and waits
+// until its API answers at sock, a path in dir. Run is stopped when the test
+// ends.
+func runInProcess(t *testing.T, dir, sock string, args ...string) *inProcess {
+	t.Helper()
 	t.Chdir(dir)
 	ctx, cancel := context.WithCancel(context.Background())
 	d := &inProcess{dir: dir, stderr: &syncBuffer{}, code: make(chan int, 1), cancel: cancel}
 	go func() {
-		d.code <- Run(ctx, []string{"--api-sock", "api.sock", "--id", "qd-test"}, nil, &syncBuffer{}, d.stderr)
+		d.code <- Run(ctx, args, nil, &syncBuffer{}, d.stderr)
 	}()
-	d.api = fcapi.New(filepath.Join(dir, "api.sock"))
+	d.api = fcapi.New(filepath.Join(dir, sock))
 	t.Cleanup(func() {
 		cancel()
 		d.api.Close()
@@ -73,7 +77,7 @@ func startInProcess(t *testing.T) *inProcess {
 	wctx, wcancel := context.WithTimeout(ctx, 10*time.Second)
 	defer wcancel()
 	if _, err := d.api.WaitReady(wctx); err != nil {
-		t.Fatalf("API did not come up: %v\n%s", err, d.stderr.String())
+		t.Fatalf("API did not come up at <dir>/%s: %v\n%s", sock, err, d.stderr.String())
 	}
 	return d
 }

@@ -58,6 +58,33 @@ func testImage(t *testing.T) image.Image {
 	return img
 }
 
+// guestBootArgs is the kernel command line the boot tests give the guest,
+// as mvm's Firecracker backend makes it for a VM called qd.
+const guestBootArgs = "console=ttyS0 panic=1 net.ifnames=0 cryptomgr.notests pci=off mvm.hostname=qd reboot=k"
+
+// guestDisks makes the guest's disks in dir as mvm makes them for a VM
+// called qd: root.img, a copy of img's root filesystem, then config.img and
+// secrets.img, which holds a new agent token. It returns the token.
+func guestDisks(t *testing.T, img image.Image, dir string) []byte {
+	t.Helper()
+	raw := make([]byte, 32)
+	if _, err := rand.Read(raw); err != nil {
+		t.Fatal(err)
+	}
+	token := []byte(hex.EncodeToString(raw))
+	ctx := context.Background()
+	if err := drive.CopySparse(img.Path(image.FileRootfs), filepath.Join(dir, "root.img")); err != nil {
+		t.Fatal(err)
+	}
+	if err := drive.MakeConfig(ctx, filepath.Join(dir, "config.img"), drive.ConfigData{Name: "qd", ID: "qd", Hostname: "qd"}); err != nil {
+		t.Fatal(err)
+	}
+	if err := drive.MakeSecrets(ctx, filepath.Join(dir, "secrets.img"), token); err != nil {
+		t.Fatal(err)
+	}
+	return token
+}
+
 // process is the double as a process of its own.
 type process struct {
 	cmd     *exec.Cmd
@@ -233,25 +260,8 @@ func ping(t *testing.T, sock string, token []byte, timeout time.Duration) proto.
 func TestBootSnapshotRestore(t *testing.T) {
 	img := testImage(t)
 	ctx := context.Background()
-	dir, err := os.MkdirTemp("", "qd-boot-")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.RemoveAll(dir) })
-	raw := make([]byte, 32)
-	if _, err := rand.Read(raw); err != nil {
-		t.Fatal(err)
-	}
-	token := []byte(hex.EncodeToString(raw))
-	if err := drive.CopySparse(img.Path(image.FileRootfs), filepath.Join(dir, "root.img")); err != nil {
-		t.Fatal(err)
-	}
-	if err := drive.MakeConfig(ctx, filepath.Join(dir, "config.img"), drive.ConfigData{Name: "qd", ID: "qd", Hostname: "qd"}); err != nil {
-		t.Fatal(err)
-	}
-	if err := drive.MakeSecrets(ctx, filepath.Join(dir, "secrets.img"), token); err != nil {
-		t.Fatal(err)
-	}
+	dir := shortTempDir(t, "qd-boot-")
+	token := guestDisks(t, img, dir)
 	// Firecracker opens its log file without creating it.
 	if err := os.WriteFile(filepath.Join(dir, "fc.log"), nil, 0o600); err != nil {
 		t.Fatal(err)
@@ -276,7 +286,7 @@ func TestBootSnapshotRestore(t *testing.T) {
 		{"machine config", func() error { return p.api.PutMachineConfig(ctx, fcapi.MachineConfig{VCPUCount: 1, MemSizeMiB: 256}) }},
 		{"boot source", func() error {
 			return p.api.PutBootSource(ctx, fcapi.BootSource{KernelImagePath: img.Path(image.FileKernel), InitrdPath: img.Path(image.FileInitrd),
-				BootArgs: "console=ttyS0 panic=1 net.ifnames=0 cryptomgr.notests pci=off mvm.hostname=qd reboot=k"})
+				BootArgs: guestBootArgs})
 		}},
 		{"drive vda", func() error { return p.api.PutDrive(ctx, fcapi.Drive{DriveID: "vda", PathOnHost: "root.img"}) }},
 		{"drive vdb", func() error {

@@ -5,7 +5,6 @@ import (
 	"os"
 	"path/filepath"
 	"testing"
-	"time"
 
 	"github.com/mvm-dev/mvm/internal/vmm/firecracker/fcapi"
 )
@@ -15,56 +14,21 @@ import (
 // and every path given over the API lie inside the chroot: on the host's
 // side a jailed Firecracker's "/x" is <chroot>/x.
 func TestChrootEmulation(t *testing.T) {
-	// Short, so the socket path stays under the 108-byte limit.
-	root, err := os.MkdirTemp("", "qdc-")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.RemoveAll(root) })
-	if root, err = filepath.EvalSymlinks(root); err != nil {
-		t.Fatal(err)
-	}
+	root := shortTempDir(t, "qdc-")
 	// What the jailer makes: /run for the API socket.
 	if err := os.Mkdir(filepath.Join(root, "run"), 0o700); err != nil {
 		t.Fatal(err)
-	}
-	for _, f := range []string{"vmlinux", "root.img"} {
-		if err := os.WriteFile(filepath.Join(root, f), nil, 0o600); err != nil {
-			t.Fatal(err)
-		}
 	}
 	// A host file outside the chroot, which the jailed process cannot see.
 	outside := filepath.Join(t.TempDir(), "vmlinux")
 	if err := os.WriteFile(outside, nil, 0o600); err != nil {
 		t.Fatal(err)
 	}
-	t.Chdir(root)
-
-	ctx, cancel := context.WithCancel(context.Background())
-	stderr := &syncBuffer{}
-	code := make(chan int, 1)
-	go func() {
-		code <- Run(ctx, []string{"--id", "qd-jail", "--start-time-us", "1", "--start-time-cpu-us", "2", "--parent-cpu-time-us", "3",
-			"--mvm-test-chroot", root, "--api-sock", "/run/firecracker.socket"}, nil, &syncBuffer{}, stderr)
-	}()
-	api := fcapi.New(filepath.Join(root, "run", "firecracker.socket"))
-	t.Cleanup(func() {
-		cancel()
-		api.Close()
-		select {
-		case <-code:
-		case <-time.After(30 * time.Second):
-			t.Error("Run did not return after its context ended")
-		}
-		if t.Failed() {
-			t.Logf("double's stderr:\n%s", stderr.String())
-		}
-	})
-	wctx, wcancel := context.WithTimeout(ctx, 10*time.Second)
-	defer wcancel()
-	if _, err := api.WaitReady(wctx); err != nil {
-		t.Fatalf("API did not come up at <chroot>/run/firecracker.socket: %v", err)
-	}
+	d := runInProcess(t, root, "run/firecracker.socket", "--id", "qd-jail", "--start-time-us", "1", "--start-time-cpu-us", "2",
+		"--parent-cpu-time-us", "3", "--mvm-test-chroot", root, "--api-sock", "/run/firecracker.socket")
+	d.file(t, "vmlinux")
+	d.file(t, "root.img")
+	api, ctx := d.api, context.Background()
 
 	if err := api.PutBootSource(ctx, fcapi.BootSource{KernelImagePath: outside}); err == nil {
 		t.Errorf("a kernel outside the chroot (%s) was accepted", outside)
@@ -77,9 +41,7 @@ func TestChrootEmulation(t *testing.T) {
 	}
 	// The log file must exist, in the chroot.
 	wantFault(t, "logger before its file exists", api.PutLogger(ctx, fcapi.Logger{LogPath: "/firecracker.log"}), "Cannot open the log file")
-	if err := os.WriteFile(filepath.Join(root, "firecracker.log"), nil, 0o600); err != nil {
-		t.Fatal(err)
-	}
+	d.file(t, "firecracker.log")
 	if err := api.PutLogger(ctx, fcapi.Logger{LogPath: "/firecracker.log"}); err != nil {
 		t.Fatalf("logger: %v", err)
 	}
@@ -97,41 +59,12 @@ func TestChrootEmulation(t *testing.T) {
 // TestChrootVsock checks that the vsock socket is bound inside the chroot:
 // a file in its way there fails InstanceStart before QEMU starts.
 func TestChrootVsock(t *testing.T) {
-	root, err := os.MkdirTemp("", "qdc-")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.RemoveAll(root) })
-	if root, err = filepath.EvalSymlinks(root); err != nil {
-		t.Fatal(err)
-	}
-	for _, f := range []string{"vmlinux", "vsock.sock"} {
-		if err := os.WriteFile(filepath.Join(root, f), nil, 0o600); err != nil {
-			t.Fatal(err)
-		}
-	}
-	t.Chdir(root)
-	ctx, cancel := context.WithCancel(context.Background())
-	code := make(chan int, 1)
-	stderr := &syncBuffer{}
-	go func() {
-		// A relative --api-sock lies in the chroot's "/", the working directory.
-		code <- Run(ctx, []string{"--id", "qd-jail", "--mvm-test-chroot", root, "--api-sock", "api.sock"}, nil, &syncBuffer{}, stderr)
-	}()
-	api := fcapi.New(filepath.Join(root, "api.sock"))
-	t.Cleanup(func() {
-		cancel()
-		api.Close()
-		<-code
-		if t.Failed() {
-			t.Logf("double's stderr:\n%s", stderr.String())
-		}
-	})
-	wctx, wcancel := context.WithTimeout(ctx, 10*time.Second)
-	defer wcancel()
-	if _, err := api.WaitReady(wctx); err != nil {
-		t.Fatalf("API did not come up: %v", err)
-	}
+	root := shortTempDir(t, "qdc-")
+	// A relative --api-sock lies in the chroot's "/", the working directory.
+	d := runInProcess(t, root, "api.sock", "--id", "qd-jail", "--mvm-test-chroot", root, "--api-sock", "api.sock")
+	d.file(t, "vmlinux")
+	d.file(t, "vsock.sock")
+	api, ctx := d.api, context.Background()
 	if err := api.PutBootSource(ctx, fcapi.BootSource{KernelImagePath: "vmlinux"}); err != nil {
 		t.Fatal(err)
 	}

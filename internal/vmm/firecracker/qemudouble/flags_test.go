@@ -3,6 +3,7 @@ package qemudouble
 import (
 	"bytes"
 	"context"
+	"io"
 	"strings"
 	"testing"
 
@@ -10,21 +11,33 @@ import (
 )
 
 func TestVersionOutput(t *testing.T) {
+	versionOutput(t, "Firecracker", "mvm-test-double: QEMU underneath, not Firecracker",
+		func(args []string, stdout, stderr io.Writer) int {
+			return Run(context.Background(), args, nil, stdout, stderr)
+		})
+}
+
+// versionOutput runs a double's --version through run and checks its two
+// lines: name and the release mvm pins (what fcinstall, hostcheck and doctor
+// read from the first line), then marker, which tells the double from the
+// real program. It returns what --version printed.
+func versionOutput(t *testing.T, name, marker string, run func(args []string, stdout, stderr io.Writer) int) string {
+	t.Helper()
 	var out, errOut bytes.Buffer
-	if code := Run(context.Background(), []string{"--version"}, nil, &out, &errOut); code != 0 {
+	if code := run([]string{"--version"}, &out, &errOut); code != 0 {
 		t.Fatalf("--version: exit %d, stderr %q", code, errOut.String())
 	}
 	lines := strings.Split(strings.TrimSuffix(out.String(), "\n"), "\n")
 	if len(lines) != 2 {
 		t.Fatalf("--version printed %q, want two lines", out.String())
 	}
-	// What mvm pins and checks (fcinstall, doctor) is read from the first line.
-	if want := "Firecracker " + fcinstall.DefaultVersion; lines[0] != want {
+	if want := name + " " + fcinstall.DefaultVersion; lines[0] != want {
 		t.Errorf("first line %q, want %q", lines[0], want)
 	}
-	if lines[1] != "mvm-test-double: QEMU underneath, not Firecracker" {
-		t.Errorf("second line %q, want the test-double marker", lines[1])
+	if lines[1] != marker {
+		t.Errorf("second line %q, want the test-double marker %q", lines[1], marker)
 	}
+	return out.String()
 }
 
 func TestFlags(t *testing.T) {

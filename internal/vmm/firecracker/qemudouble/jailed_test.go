@@ -3,8 +3,6 @@ package qemudouble
 import (
 	"bytes"
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
@@ -21,7 +19,6 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"github.com/mvm-dev/mvm/internal/drive"
 	"github.com/mvm-dev/mvm/internal/image"
 	"github.com/mvm-dev/mvm/internal/vmm"
 	"github.com/mvm-dev/mvm/internal/vmm/firecracker"
@@ -54,7 +51,7 @@ func writableCgroup2(t *testing.T) (string, string) {
 	if os.Geteuid() != 0 {
 		return "", "not root"
 	}
-	mount, err := cgroup2Mount()
+	mount, err := firecracker.CgroupMount()
 	if err != nil {
 		return "", err.Error()
 	}
@@ -389,24 +386,11 @@ func testJailedBackend(t *testing.T, bin string) {
 		removeCgroups(t, cgroup, filepath.Dir(cgroup))
 	})
 
-	raw := make([]byte, 32)
-	if _, err := rand.Read(raw); err != nil {
-		t.Fatal(err)
-	}
-	token := []byte(hex.EncodeToString(raw))
+	token := guestDisks(t, img, work)
 	ctx := context.Background()
-	if err := drive.CopySparse(img.Path(image.FileRootfs), filepath.Join(work, "root.img")); err != nil {
-		t.Fatal(err)
-	}
-	if err := drive.MakeConfig(ctx, filepath.Join(work, "config.img"), drive.ConfigData{Name: "qd", ID: "qd", Hostname: "qd"}); err != nil {
-		t.Fatal(err)
-	}
-	if err := drive.MakeSecrets(ctx, filepath.Join(work, "secrets.img"), token); err != nil {
-		t.Fatal(err)
-	}
 	stderr, console := &syncBuffer{}, &syncBuffer{}
 	cfg := vmm.Config{Name: name, CPUs: 1, MemoryMiB: 256, Kernel: img.Path(image.FileKernel), Initrd: img.Path(image.FileInitrd),
-		KernelArgs: strings.Fields("console=ttyS0 panic=1 net.ifnames=0 cryptomgr.notests pci=off mvm.hostname=qd reboot=k"),
+		KernelArgs: strings.Fields(guestBootArgs),
 		Drives: []vmm.Drive{
 			{ID: "vda", Path: filepath.Join(work, "root.img")},
 			{ID: "vdb", Path: filepath.Join(work, "config.img"), ReadOnly: true},

@@ -18,7 +18,6 @@ package qemudouble
 // cleared, as the kernel clears it when the uid changes.
 
 import (
-	"bufio"
 	"errors"
 	"flag"
 	"fmt"
@@ -35,6 +34,8 @@ import (
 	"syscall"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/mvm-dev/mvm/internal/vmm/firecracker"
 )
 
 // JailerMarker is the line `jailer --version` prints after the jailer's own,
@@ -429,8 +430,8 @@ func (c *jailerConfig) setRlimits() error {
 // then pid is written to its cgroup.procs. Without settings, under cgroup v2
 // pid joins the parent cgroup if it exists, and nothing is made.
 //
-// mount is the cgroup v2 mount; empty means the first cgroup2 mount in
-// /proc/self/mountinfo, as the jailer takes the first in /proc/mounts.
+// mount is the cgroup v2 mount; empty means where the jailer finds it
+// (firecracker.CgroupMount).
 //
 // Unlike the jailer, a setting for a controller this hierarchy does not
 // offer (a hybrid host's cgroup v2 often has none of cpu, memory and pids) is
@@ -441,11 +442,11 @@ func (c *jailerConfig) setupCgroup(log *slog.Logger, mount string, pid int) (str
 	}
 	if mount == "" {
 		var err error
-		if mount, err = cgroup2Mount(); err != nil {
+		if mount, err = firecracker.CgroupMount(); err != nil {
 			if len(c.cgroups) == 0 {
 				return "", nil
 			}
-			return "", err
+			return "", fmt.Errorf("cgroup: hierarchy not found: %w", err)
 		}
 	}
 	procs := strconv.Itoa(pid) + "\n"
@@ -524,52 +525,6 @@ func cgroupControllers(mount string) ([]string, error) {
 		return nil, fmt.Errorf("cgroup: %w", err)
 	}
 	return strings.Fields(string(data)), nil
-}
-
-// cgroup2Mount is the mount point of the first cgroup2 mount of this
-// process: /sys/fs/cgroup on a unified host, /sys/fs/cgroup/unified on a
-// hybrid one.
-func cgroup2Mount() (string, error) {
-	f, err := os.Open("/proc/self/mountinfo")
-	if err != nil {
-		return "", fmt.Errorf("cgroup: %w", err)
-	}
-	defer f.Close()
-	if m, ok := firstCgroup2(f); ok {
-		return m, nil
-	}
-	return "", errors.New("cgroup: hierarchy not found: no cgroup2 mount in /proc/self/mountinfo")
-}
-
-// firstCgroup2 finds the first cgroup2 mount in r, in the format of
-// /proc/<pid>/mountinfo (proc(5)): the mount point is field 5, the
-// filesystem type the field after "-".
-func firstCgroup2(r io.Reader) (string, bool) {
-	sc := bufio.NewScanner(r)
-	for sc.Scan() {
-		f := strings.Fields(sc.Text())
-		if i := slices.Index(f, "-"); i > 4 && i+1 < len(f) && f[i+1] == "cgroup2" {
-			return unescapeOctal(f[4]), true
-		}
-	}
-	return "", false
-}
-
-// unescapeOctal undoes the kernel's \NNN escapes (space, tab, newline,
-// backslash) in a mountinfo path.
-func unescapeOctal(s string) string {
-	var b strings.Builder
-	for i := 0; i < len(s); i++ {
-		if s[i] == '\\' && i+3 < len(s) {
-			if n, err := strconv.ParseUint(s[i+1:i+4], 8, 8); err == nil {
-				b.WriteByte(byte(n))
-				i += 3
-				continue
-			}
-		}
-		b.WriteByte(s[i])
-	}
-	return b.String()
 }
 
 // finishChroot does what the jailer does inside the chroot: /, /dev,

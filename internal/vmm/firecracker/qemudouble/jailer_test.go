@@ -17,33 +17,18 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"github.com/mvm-dev/mvm/internal/fcinstall"
 	"github.com/mvm-dev/mvm/internal/vmm/firecracker"
 )
 
 func TestJailerVersion(t *testing.T) {
-	var out, errOut bytes.Buffer
-	if code := RunJailer([]string{"--version"}, &out, &errOut); code != 0 {
-		t.Fatalf("--version: exit %d, stderr %q", code, errOut.String())
-	}
-	lines := strings.Split(strings.TrimSuffix(out.String(), "\n"), "\n")
-	if len(lines) != 2 {
-		t.Fatalf("--version printed %q, want two lines", out.String())
-	}
-	// hostcheck reads the release from the first line, as the jailer's.
-	if want := "Jailer " + fcinstall.DefaultVersion; lines[0] != want {
-		t.Errorf("first line %q, want %q", lines[0], want)
-	}
-	if lines[1] != "mvm-test-double: no chroot or uid switch, not Firecracker's jailer" {
-		t.Errorf("second line %q, want the test-double marker", lines[1])
-	}
+	out := versionOutput(t, "Jailer", "mvm-test-double: no chroot or uid switch, not Firecracker's jailer", RunJailer)
 	// What mvm looks for to tell a test double (firecracker.TestDoubleMarker).
-	if !strings.Contains(out.String(), firecracker.TestDoubleMarker) {
-		t.Errorf("--version %q lacks %q", out.String(), firecracker.TestDoubleMarker)
+	if !strings.Contains(out, firecracker.TestDoubleMarker) {
+		t.Errorf("--version %q lacks %q", out, firecracker.TestDoubleMarker)
 	}
-	out.Reset()
-	if code := RunJailer([]string{"--help"}, &out, &errOut); code != 0 || !strings.Contains(out.String(), "--exec-file <value>") {
-		t.Errorf("--help: exit %d, output %q", code, out.String())
+	var help, errOut bytes.Buffer
+	if code := RunJailer([]string{"--help"}, &help, &errOut); code != 0 || !strings.Contains(help.String(), "--exec-file <value>") {
+		t.Errorf("--help: exit %d, output %q", code, help.String())
 	}
 }
 
@@ -322,21 +307,6 @@ func TestJailerSteps(t *testing.T) {
 	}
 	if i := slices.Index(argv, "--mvm-test-chroot"); i < 0 || argv[i+1] != c.root {
 		t.Errorf("argv %q lacks --mvm-test-chroot %s", argv, c.root)
-	}
-}
-
-func TestFirstCgroup2(t *testing.T) {
-	mountinfo := `25 30 0:23 / /sys rw,nosuid,nodev,noexec,relatime shared:7 - sysfs sysfs rw
-30 22 0:27 / /sys/fs/cgroup rw,relatime - tmpfs tmpfs rw,mode=755
-31 30 0:28 / /sys/fs/cgroup/cpu rw,relatime - cgroup cgroup rw,cpu
-40 30 0:37 / /sys/fs/cgroup/uni\040fied rw,relatime shared:9 master:2 - cgroup2 cgroup2 rw
-41 30 0:38 / /sys/fs/cgroup/second rw,relatime - cgroup2 cgroup2 rw
-`
-	if got, ok := firstCgroup2(strings.NewReader(mountinfo)); !ok || got != "/sys/fs/cgroup/uni fied" {
-		t.Errorf("firstCgroup2 = %q, %v", got, ok)
-	}
-	if _, ok := firstCgroup2(strings.NewReader("31 30 0:28 / /sys/fs/cgroup/cpu rw - cgroup cgroup rw,cpu\n")); ok {
-		t.Error("found a cgroup2 mount in a v1-only mountinfo")
 	}
 }
 

@@ -67,6 +67,7 @@ func writeBootFiles(w io.Writer, kernel, initrd string) error {
 	h := memHeader{}
 	copy(h.Magic[:], memMagic)
 	var files []*os.File
+	var sizes []int64
 	defer func() { closeAll(files) }()
 	for _, b := range []struct {
 		path string
@@ -84,18 +85,15 @@ func writeBootFiles(w io.Writer, kernel, initrd string) error {
 		if err != nil {
 			return fmt.Errorf("snapshot the boot files: %w", err)
 		}
+		sizes = append(sizes, fi.Size())
 		*b.size = uint64(fi.Size())
 	}
 	if err := binary.Write(w, binary.LittleEndian, h); err != nil {
 		return fmt.Errorf("memory file: %w", err)
 	}
-	for _, f := range files {
-		fi, err := f.Stat()
-		if err != nil {
-			return fmt.Errorf("snapshot the boot files: %w", err)
-		}
+	for i, f := range files {
 		// Exactly the size in the header, even if the file has grown since.
-		if _, err := io.CopyN(w, f, fi.Size()); err != nil {
+		if _, err := io.CopyN(w, f, sizes[i]); err != nil {
 			return fmt.Errorf("snapshot %s: %w", f.Name(), err)
 		}
 	}
