@@ -116,26 +116,33 @@ func (f *Forwarder) Close() error {
 }
 
 func (f *Forwarder) relayUDP(q []byte, from net.Addr) {
+	var errs []error
 	for _, up := range f.upstreams {
 		c, err := net.DialTimeout("udp", up.String(), 2*time.Second)
 		if err != nil {
+			errs = append(errs, err)
 			continue
 		}
 		_ = c.SetDeadline(time.Now().Add(3 * time.Second))
 		if _, err := c.Write(q); err != nil {
 			c.Close()
+			errs = append(errs, err)
 			continue
 		}
 		resp := make([]byte, 65535)
 		n, err := c.Read(resp)
 		c.Close()
 		if err != nil {
+			errs = append(errs, err)
 			continue
 		}
-		_, _ = f.udp.WriteTo(resp[:n], from)
+		if _, err := f.udp.WriteTo(resp[:n], from); err != nil {
+			f.log.Warn("dns: answer not sent back", "to", from, "err", err)
+		}
 		return
 	}
-	f.log.Debug("dns: no upstream answered", "upstreams", f.upstreams)
+	// A guest's lookup fails for it: worth a line beside the VM's other events.
+	f.log.Warn("dns: no upstream answered", "from", from, "upstreams", f.upstreams, "err", errors.Join(errs...))
 }
 
 func (f *Forwarder) serveTCP() {

@@ -332,3 +332,23 @@ func (e *env) killSupervisor(name, id string) {
 		}
 	}
 }
+
+// supervisorLogLines are the lines containing what of the named VMs'
+// supervisor logs, for a failure's message.
+func (e *env) supervisorLogLines(what string, names ...string) string {
+	var b strings.Builder
+	for _, name := range names {
+		v := e.vm(name)
+		raw, err := os.ReadFile(filepath.Join(e.root, "vms", v.ID, "supervisor.log"))
+		if err != nil {
+			fmt.Fprintf(&b, "  %s: %v\n", name, err)
+			continue
+		}
+		for _, line := range strings.Split(string(raw), "\n") {
+			if strings.Contains(line, what) {
+				fmt.Fprintf(&b, "  %s: %s\n", name, line)
+			}
+		}
+	}
+	return b.String()
+}

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net"
 	"os/exec"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -21,6 +22,16 @@ import (
 type outside struct {
 	ns   string
 	addr string // 10.250.0.2
+
+	mu      sync.Mutex
+	queries []string // what serveDNS was asked, for a failure's message
+}
+
+// dnsQueries are the queries the outside's DNS server has seen: "type name".
+func (o *outside) dnsQueries() []string {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	return slices.Clone(o.queries)
 }
 
 func newOutside(t *testing.T, e *env) *outside {
@@ -88,6 +99,9 @@ func (o *outside) serveDNS(t *testing.T, records map[string]string) {
 			if err != nil {
 				return
 			}
+			o.mu.Lock()
+			o.queries = append(o.queries, dnsQuestion(buf[:n]))
+			o.mu.Unlock()
 			if resp := dnsAnswer(buf[:n], records); resp != nil {
 				pc.WriteTo(resp, from)
 			}
@@ -95,33 +109,51 @@ func (o *outside) serveDNS(t *testing.T, records map[string]string) {
 	}()
 }
 
-// dnsAnswer builds the answer to a one-question query: just enough DNS for the test.
-func dnsAnswer(q []byte, records map[string]string) []byte {
+// parseQuestion reads a one-question query's name and type, and where the
+// question ends; ok is false for a malformed query.
+func parseQuestion(q []byte) (name string, qtype uint16, end int, ok bool) {
 	if len(q) < 12 {
-		return nil
+		return "", 0, 0, false
 	}
 	var labels []string
 	i := 12
 	for i < len(q) && q[i] != 0 {
 		l := int(q[i])
 		if i+1+l > len(q) {
-			return nil
+			return "", 0, 0, false
 		}
 		labels = append(labels, string(q[i+1:i+1+l]))
 		i += 1 + l
 	}
-	end := i + 5 // the name's final zero, QTYPE, QCLASS
+	end = i + 5 // the name's final zero, QTYPE, QCLASS
 	if end > len(q) {
+		return "", 0, 0, false
+	}
+	return strings.Join(labels, "."), binary.BigEndian.Uint16(q[i+1:]), end, true
+}
+
+// dnsQuestion describes a query for a failure's message: "A name", "AAAA name".
+func dnsQuestion(q []byte) string {
+	name, qtype, _, ok := parseQuestion(q)
+	if !ok {
+		return "malformed"
+	}
+	return map[uint16]string{1: "A", 28: "AAAA"}[qtype] + fmt.Sprintf("(%d) %s", qtype, name)
+}
+
+// dnsAnswer builds the answer to a one-question query: just enough DNS for the test.
+func dnsAnswer(q []byte, records map[string]string) []byte {
+	name, qtype, end, ok := parseQuestion(q)
+	if !ok {
 		return nil
 	}
-	qtype := binary.BigEndian.Uint16(q[i+1:])
 	resp := append([]byte(nil), q[:end]...)
 	resp[2] |= 0x80                          // a response
 	resp[3] = 0x80                           // recursion available, no error
 	binary.BigEndian.PutUint16(resp[6:], 0)  // answers
 	binary.BigEndian.PutUint16(resp[8:], 0)  // authority
 	binary.BigEndian.PutUint16(resp[10:], 0) // additional
-	ip, ok := records[strings.Join(labels, ".")]
+	ip, ok := records[name]
 	if !ok {
 		resp[3] |= 3 // NXDOMAIN
 		return resp
@@ -262,7 +294,8 @@ func TestNetworking(t *testing.T) {
 			}
 		}
 		if r.code != 0 || !strings.Contains(r.stdout, out.addr) {
-			t.Errorf("%s: nslookup: %+v", n, r)
+			t.Errorf("%s: nslookup: %+v\nqueries the outside's server saw: %v\nthe forwarders said:\n%s",
+				n, r, out.dnsQueries(), e.supervisorLogLines("dns:", "b1", "job", "crawler", "pub"))
 		}
 	}
 	var insp struct {
