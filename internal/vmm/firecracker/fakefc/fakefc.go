@@ -29,6 +29,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -304,13 +305,18 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Connection", "close")
 		_ = s.ln.Close() // no new connections, as when the process is gone
 	}
+	var body []byte
 	if rep.body != nil {
+		body, _ = json.Marshal(rep.body)
+		body = append(body, '\n')
 		w.Header().Set("Content-Type", "application/json")
+		// A known length makes the flush below send the whole answer: with
+		// chunked encoding its last chunk would wait for the handler's
+		// return, and a program serving the fake may exit before that.
+		w.Header().Set("Content-Length", strconv.Itoa(len(body)))
 	}
 	w.WriteHeader(rep.status)
-	if rep.body != nil {
-		_ = json.NewEncoder(w).Encode(rep.body)
-	}
+	_, _ = w.Write(body)
 	if rep.fatal {
 		// The answer goes out before anyone acts on the end: a program
 		// serving the fake exits as soon as Ended is closed.
