@@ -32,6 +32,13 @@ func TestBootExecAndContract(t *testing.T) {
 	if !strings.HasPrefix(uname, "Linux web ") {
 		t.Fatalf("uname: %q", uname)
 	}
+	// Under TCG the guest keeps the TSC as its clock however busy the host is (a
+	// guest that falls back to jiffies has a 4 ms clock; see qemu.KernelArgs).
+	if strings.Contains(out, "accel tcg") {
+		if cs := e.mustExec("web", "cat", "/sys/devices/system/clocksource/clocksource0/current_clocksource"); cs != "tsc\n" {
+			t.Errorf("clocksource %q, want tsc; the kernel said:\n%s", cs, e.mustExec("web", "sh", "-c", "dmesg | grep -i -e clocksource -e tsc"))
+		}
+	}
 	mounts := e.mustExec("web", "cat", "/proc/mounts")
 	wantMounts := map[string][]string{
 		"/":            {"/dev/vda", "ext4", "rw"},

@@ -19,11 +19,22 @@ const AgentPortName = "mvm.agent"
 // KernelArgs adds the backend's own arguments to the contract's: microvm exits through
 // a triple fault on reboot (with -no-reboot), and under TCG the guest needs the TSC
 // rate or its calibration can hang the boot.
+//
+// Under TCG the guest's TSC is also declared reliable. It is the host's TSC, read
+// through, so its rate is constant; but the only clock the guest's watchdog can check
+// it against is jiffies, which fall behind whenever the host is too busy to run the
+// vCPU. Then, at about 1.5 s into the boot, the kernel marks the TSC unstable and
+// keeps time by jiffies for good: a 4 ms clock, every clock read a system call, and
+// equal DNS query IDs where the C library draws them from the clock (busybox
+// nslookup then pairs its A and AAAA answers wrongly and finds no address).
 func KernelArgs(contract []string, accel Accel) []string {
 	args := append([]string(nil), contract...)
 	args = append(args, "reboot=t", "mvm.port="+AgentPortName)
-	if accel.Name == "tcg" && accel.TSCkHz > 0 {
-		args = append(args, fmt.Sprintf("tsc_early_khz=%d", accel.TSCkHz))
+	if accel.Name == "tcg" {
+		args = append(args, "tsc=reliable")
+		if accel.TSCkHz > 0 {
+			args = append(args, fmt.Sprintf("tsc_early_khz=%d", accel.TSCkHz))
+		}
 	}
 	return args
 }

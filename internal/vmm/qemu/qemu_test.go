@@ -18,7 +18,7 @@ func TestArgsDeviceOrderAndAccel(t *testing.T) {
 		Drives:     []vmm.Drive{{ID: "vda", Path: "/r,1"}, {ID: "vdb", Path: "/c", ReadOnly: true}},
 		MAC:        "02:00:0a:00:00:02"}
 	tcg := strings.Join(Args(cfg, Accel{Name: "tcg", TSCkHz: 2596000}, Fds{QMP: 3, Console: 4, Agent: 5, TAP: 6}), " ")
-	for _, want := range []string{"-accel tcg -cpu max", "tsc_early_khz=2596000", "reboot=t", "-m 256 -smp 2",
+	for _, want := range []string{"-accel tcg -cpu max", "tsc=reliable", "tsc_early_khz=2596000", "reboot=t", "-m 256 -smp 2",
 		"file=/r,,1", "readonly=on", "tap,id=n0,fd=6", "mac=02:00:0a:00:00:02", "socket,id=agent,fd=5", "-no-reboot"} {
 		if !strings.Contains(tcg, want) {
 			t.Errorf("tcg args lack %q:\n%s", want, tcg)
@@ -30,7 +30,7 @@ func TestArgsDeviceOrderAndAccel(t *testing.T) {
 		t.Errorf("device order wrong: %d %d %d %d", vda, vdb, nic, ser)
 	}
 	kvm := strings.Join(Args(cfg, Accel{Name: "kvm", TSCkHz: 2596000}, Fds{QMP: 3, Console: 4, Agent: 5, TAP: -1}), " ")
-	if !strings.Contains(kvm, "-accel kvm -cpu host") || strings.Contains(kvm, "tsc_early_khz") || strings.Contains(kvm, "netdev") {
+	if !strings.Contains(kvm, "-accel kvm -cpu host") || strings.Contains(kvm, "tsc_early_khz") || strings.Contains(kvm, "tsc=reliable") || strings.Contains(kvm, "netdev") {
 		t.Errorf("kvm args: %s", kvm)
 	}
 }
