@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"path/filepath"
 	"time"
 
 	"github.com/mvm-dev/mvm/internal/agent/client"
@@ -61,6 +62,9 @@ func (s *supervisor) startHypervisor(ctx context.Context, cfg vmm.Config, mem *o
 		}
 		cfg.Name = s.rec.JailName()
 		vmo.Jailer = JailerFor(s.o.Root, s.rec)
+		// Linked into the jail, so Firecracker's log outlives it beside the
+		// VM's other logs (the jail goes when the VM ends).
+		vmo.LogPath = filepath.Join(s.dir.Dir, firecracker.LogName)
 	}
 	var inst *firecracker.Instance
 	if s.restore != nil {

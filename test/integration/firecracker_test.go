@@ -279,6 +279,12 @@ func TestFirecrackerJailer(t *testing.T) {
 			t.Errorf("the jail lacks %s: %v", f, err)
 		}
 	}
+	// Firecracker's log in the jail is the VM directory's, so it outlives the jail.
+	inJail, err1 := os.Stat(filepath.Join(jail, "firecracker.log"))
+	inDir, err2 := os.Stat(filepath.Join(e.root, "vms", j1.ID, "firecracker.log"))
+	if err1 != nil || err2 != nil || !os.SameFile(inJail, inDir) {
+		t.Errorf("the jail's log is not the VM directory's: %v %v", err1, err2)
+	}
 	fcPID := jailedPID(t, e, j1.ID)
 	cgroup := procCgroup(t, fcPID)
 	if !strings.HasSuffix(cgroup, "/firecracker/mvm-"+j1.ID) {
