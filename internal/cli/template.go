@@ -1,6 +1,7 @@
 package cli
 
 import (
+	"cmp"
 	"fmt"
 	"os"
 	"time"
@@ -16,8 +17,9 @@ import (
 
 // templateFlags are the settings create and edit share.
 type templateFlags struct {
-	image, memory, dataDisk, network, health string
-	cpus                                     int
+	image, memory, dataDisk, network, health, hypervisor, kernel string
+	cpus                                                         int
+	jailer                                                       bool
 }
 
 func (f *templateFlags) register(c *cobra.Command, defaults bool) {
@@ -32,6 +34,13 @@ func (f *templateFlags) register(c *cobra.Command, defaults bool) {
 	fl.StringVar(&f.dataDisk, "data-disk", "", "data drive size (vdd), e.g. 64M; 0 for none")
 	fl.StringVar(&f.network, "network", net, "network the VMs join by default (none: no NIC)")
 	fl.StringVar(&f.health, "health", "", "shell command that must succeed in the VM before `template build` snapshots it")
+	hv := vm.HypervisorAuto
+	if !defaults {
+		hv = ""
+	}
+	fl.StringVar(&f.hypervisor, "hypervisor", hv, "hypervisor the template's VMs boot on: auto, qemu or firecracker (as `up --hypervisor`)")
+	fl.StringVar(&f.kernel, "kernel", "", "kernel the template's VMs boot (as `up --kernel`; default: the image's)")
+	fl.BoolVar(&f.jailer, "jailer", false, "run the template's VMs under Firecracker's jailer (as `up --jailer`)")
 }
 
 // spec applies the flags that were given (edit) or all of them (create) to t.
@@ -63,6 +72,15 @@ func (f *templateFlags) spec(c *cobra.Command, t runtime.TemplateSpec) (runtime.
 	if set("health") {
 		t.Health = f.health
 	}
+	if set("hypervisor") {
+		t.Hypervisor = f.hypervisor
+	}
+	if set("kernel") {
+		t.Kernel = f.kernel
+	}
+	if set("jailer") {
+		t.Jailer = f.jailer
+	}
 	return t, nil
 }
 
@@ -75,6 +93,9 @@ type templateView struct {
 	DataDiskMiB int64         `json:"data_disk_mib"`
 	Network     string        `json:"network"`
 	Health      string        `json:"health"`
+	Hypervisor  string        `json:"hypervisor"`
+	Kernel      string        `json:"kernel"`
+	Jailer      bool          `json:"jailer"`
 	CreatedAt   time.Time     `json:"created_at"`
 	Built       bool          `json:"built"`
 	BuiltAt     *time.Time    `json:"built_at"`
@@ -83,7 +104,8 @@ type templateView struct {
 
 func templateViewOf(t store.Template) templateView {
 	v := templateView{Name: t.Name, Image: t.Image, CPUs: t.CPUs, MemoryMiB: t.MemoryMiB, DataDiskMiB: t.DataDiskMiB,
-		Network: t.Network, Health: t.Health, CreatedAt: t.CreatedAt, Built: t.Snapshot != nil, BuiltAt: timePtr(t.BuiltAt)}
+		Network: t.Network, Health: t.Health, Hypervisor: cmp.Or(t.Hypervisor, vm.HypervisorAuto), Kernel: t.Kernel, Jailer: t.Jailer,
+		CreatedAt: t.CreatedAt, Built: t.Snapshot != nil, BuiltAt: timePtr(t.BuiltAt)}
 	if t.Snapshot != nil {
 		s := snapshotViewOf(*t.Snapshot)
 		v.Snapshot = &s
@@ -96,7 +118,7 @@ func newTemplateCmd(a *app) *cobra.Command {
 
 	var cf templateFlags
 	create := &cobra.Command{
-		Use:   "create NAME [--image IMG] [--cpus N] [--memory SIZE] [--data-disk SIZE] [--network NET] [--health CMD]",
+		Use:   "create NAME [--image IMG] [--cpus N] [--memory SIZE] [--data-disk SIZE] [--network NET] [--health CMD] [--hypervisor H] [--kernel PATH] [--jailer]",
 		Short: "Define a template (then `template build` snapshots it)",
 		Example: `  mvmctl template create api --image default --cpus 1 --memory 256M --data-disk 64M
   mvmctl template build api
@@ -173,14 +195,15 @@ func newTemplateCmd(a *app) *cobra.Command {
 			if infoJSON {
 				return ui.JSON(a.stdout, templateViewOf(tp))
 			}
-			fmt.Fprintf(a.stdout, "Name:      %s\nImage:     %s\nCPUs:      %d\nMemory:    %s\nData disk: %s\nNetwork:   %s\nHealth:    %s\n",
-				tp.Name, tp.Image, tp.CPUs, vm.FormatMiB(tp.MemoryMiB), orDash(dataDisk(tp.DataDiskMiB)), tp.Network, orDash(tp.Health))
+			fmt.Fprintf(a.stdout, "Name:       %s\nImage:      %s\nCPUs:       %d\nMemory:     %s\nData disk:  %s\nNetwork:    %s\nHealth:     %s\nHypervisor: %s\nKernel:     %s\n",
+				tp.Name, tp.Image, tp.CPUs, vm.FormatMiB(tp.MemoryMiB), orDash(dataDisk(tp.DataDiskMiB)), tp.Network, orDash(tp.Health),
+				hypervisorOf(tp), cmp.Or(tp.Kernel, "the image's"))
 			if tp.Snapshot == nil {
-				fmt.Fprintf(a.stdout, "Snapshot:  none (`mvmctl template build %s` makes one)\n", tp.Name)
+				fmt.Fprintf(a.stdout, "Snapshot:   none (`mvmctl template build %s` makes one)\n", tp.Name)
 				return nil
 			}
 			s := tp.Snapshot
-			fmt.Fprintf(a.stdout, "Snapshot:  built %s, %s on disk, %s %s (%s), image %.19s\n", tp.BuiltAt.Local().Format("2006-01-02 15:04:05"),
+			fmt.Fprintf(a.stdout, "Snapshot:   built %s, %s on disk, %s %s (%s), image %.19s\n", tp.BuiltAt.Local().Format("2006-01-02 15:04:05"),
 				vm.FormatBytes(s.SizeBytes), s.Backend, s.BackendVersion, s.Accel, s.ImageDigest)
 			return nil
 		},
@@ -189,7 +212,7 @@ func newTemplateCmd(a *app) *cobra.Command {
 
 	var ef templateFlags
 	edit := &cobra.Command{
-		Use:   "edit NAME [--image IMG] [--cpus N] [--memory SIZE] [--data-disk SIZE] [--network NET] [--health CMD]",
+		Use:   "edit NAME [--image IMG] [--cpus N] [--memory SIZE] [--data-disk SIZE] [--network NET] [--health CMD] [--hypervisor H] [--kernel PATH] [--jailer]",
 		Short: "Change a template's settings (a snapshot that no longer matches them is dropped)",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
@@ -201,8 +224,7 @@ func newTemplateCmd(a *app) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			t, err := ef.spec(cmd, runtime.TemplateSpec{Name: cur.Name, Image: cur.Image, CPUs: cur.CPUs, MemoryMiB: cur.MemoryMiB,
-				DataDiskMiB: cur.DataDiskMiB, Network: cur.Network, Health: cur.Health})
+			t, err := ef.spec(cmd, runtime.TemplateSpecOf(cur))
 			if err != nil {
 				return err
 			}
@@ -230,4 +252,14 @@ func dataDisk(mib int64) string {
 		return ""
 	}
 	return vm.FormatMiB(mib)
+}
+
+// hypervisorOf says what a template's VMs boot on: "auto", "qemu", or
+// "firecracker" with " (jailed)".
+func hypervisorOf(tp store.Template) string {
+	h := cmp.Or(tp.Hypervisor, vm.HypervisorAuto)
+	if tp.Jailer {
+		h += " (jailed)"
+	}
+	return h
 }

@@ -70,6 +70,9 @@ func newUpCmd(a *app) *cobra.Command {
 				if !fl.Changed("network") {
 					spec.Network = ""
 				}
+				if !fl.Changed("hypervisor") {
+					spec.Hypervisor = ""
+				}
 			}
 			rt, err := a.bareRuntime()
 			if err != nil {

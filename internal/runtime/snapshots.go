@@ -1,6 +1,7 @@
 package runtime
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -413,6 +414,11 @@ func (r *Runtime) resolveRestore(ctx context.Context, o *UpOptions) (*restoreSou
 		if tp.Snapshot == nil {
 			// Not built yet: a cold boot with the template's settings.
 			fillSpec(&o.Spec, tp.Image, tp.CPUs, tp.MemoryMiB, tp.DataDiskMiB, tp.Network)
+			if o.Spec.Hypervisor == "" || o.Spec.Hypervisor == vm.HypervisorAuto {
+				o.Spec.Hypervisor = cmp.Or(tp.Hypervisor, vm.HypervisorAuto)
+			}
+			o.Spec.Kernel = cmp.Or(o.Spec.Kernel, tp.Kernel)
+			o.Spec.Jailer = o.Spec.Jailer || tp.Jailer
 			return nil, nil
 		}
 		snap, from = tp.Snapshot, "template:"+tp.Name
@@ -473,6 +479,7 @@ func (r *Runtime) resolveRestore(ctx context.Context, o *UpOptions) (*restoreSou
 	if m.Jailed {
 		o.Spec.Jailer, o.Spec.Hypervisor = true, vm.HypervisorFirecracker
 	}
+	o.Spec.Hypervisor = cmp.Or(o.Spec.Hypervisor, vm.HypervisorAuto)
 	return src, nil
 }
 

@@ -5,7 +5,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	goruntime "runtime"
 	"time"
 
 	"github.com/mvm-dev/mvm/internal/agent/client"
@@ -23,32 +22,62 @@ type TemplateSpec struct {
 	DataDiskMiB int64
 	Network     string
 	Health      string
+	Hypervisor  string // empty or auto: as `up` picks
+	Kernel      string // empty: the image's
+	Jailer      bool
 }
 
-func (t TemplateSpec) validate(r *Runtime) error {
+// vmSpec is the spec of the VMs the template starts, before a VM's own name.
+func (t TemplateSpec) vmSpec() vm.Spec {
+	h := t.Hypervisor
+	if h == "" {
+		h = vm.HypervisorAuto
+	}
+	return vm.Spec{Name: t.Name, Image: t.Image, CPUs: t.CPUs, MemoryMiB: t.MemoryMiB, DataDiskMiB: t.DataDiskMiB,
+		Network: t.Network, Hypervisor: h, Kernel: t.Kernel, Jailer: t.Jailer}
+}
+
+// validate checks the template by the rules of the VMs it will start, as `up` does
+// (including whether its hypervisor is usable here and its kernel fits it), and
+// returns it with its kernel's path made absolute.
+func (t TemplateSpec) validate(r *Runtime) (TemplateSpec, error) {
 	if err := vm.ValidateName(t.Name); err != nil {
-		return fmt.Errorf("template name: %w", err)
+		return t, fmt.Errorf("template name: %w", err)
 	}
-	// The same rules as the VMs it will start.
-	spec := vm.Spec{Name: t.Name, Image: t.Image, CPUs: t.CPUs, MemoryMiB: t.MemoryMiB, DataDiskMiB: t.DataDiskMiB,
-		Network: t.Network, Hypervisor: vm.HypervisorAuto}
-	if err := spec.Validate(goruntime.NumCPU()); err != nil {
-		return err
+	p, err := r.plan(t.vmSpec(), nil)
+	if err != nil {
+		return t, err
 	}
-	if _, err := r.Images.Get(t.Image); err != nil {
-		return err
+	if p.kernel != nil {
+		t.Kernel = p.kernel.path // build and up run elsewhere: an absolute path
 	}
-	return nil
+	if t.Hypervisor == vm.HypervisorAuto {
+		t.Hypervisor = ""
+	}
+	return t, nil
+}
+
+// TemplateSpecOf is a template's settings, as create and edit take them.
+func TemplateSpecOf(tp store.Template) TemplateSpec {
+	return TemplateSpec{Name: tp.Name, Image: tp.Image, CPUs: tp.CPUs, MemoryMiB: tp.MemoryMiB, DataDiskMiB: tp.DataDiskMiB,
+		Network: tp.Network, Health: tp.Health, Hypervisor: tp.Hypervisor, Kernel: tp.Kernel, Jailer: tp.Jailer}
+}
+
+// withSpec returns tp with the settings of t.
+func withSpec(tp store.Template, t TemplateSpec) store.Template {
+	tp.Name, tp.Image, tp.CPUs, tp.MemoryMiB, tp.DataDiskMiB, tp.Network, tp.Health = t.Name, t.Image, t.CPUs, t.MemoryMiB, t.DataDiskMiB, t.Network, t.Health
+	tp.Hypervisor, tp.Kernel, tp.Jailer = t.Hypervisor, t.Kernel, t.Jailer
+	return tp
 }
 
 // TemplateCreate records a template. It has no snapshot until `template build`.
 func (r *Runtime) TemplateCreate(t TemplateSpec) (store.Template, error) {
-	if err := t.validate(r); err != nil {
+	t, err := t.validate(r)
+	if err != nil {
 		return store.Template{}, err
 	}
-	tp := store.Template{Name: t.Name, Image: t.Image, CPUs: t.CPUs, MemoryMiB: t.MemoryMiB, DataDiskMiB: t.DataDiskMiB,
-		Network: t.Network, Health: t.Health, CreatedAt: time.Now().UTC()}
-	err := r.Store.Update(func(tx *store.Tx) error {
+	tp := withSpec(store.Template{CreatedAt: time.Now().UTC()}, t)
+	err = r.Store.Update(func(tx *store.Tx) error {
 		if _, err := tx.Template(t.Name); err == nil {
 			return fmt.Errorf("a template named %q exists: see `mvmctl template info %s`, or remove it with `mvmctl template rm %s`", t.Name, t.Name, t.Name)
 		}
@@ -85,17 +114,20 @@ func (r *Runtime) Templates() ([]store.Template, error) {
 // TemplateEdit changes a template's settings. Its snapshot no longer matches them and
 // is dropped: `template build` makes a new one.
 func (r *Runtime) TemplateEdit(ctx context.Context, t TemplateSpec) (store.Template, bool, error) {
-	if err := t.validate(r); err != nil {
+	t, err := t.validate(r)
+	if err != nil {
 		return store.Template{}, false, err
 	}
 	old, err := r.Template(t.Name)
 	if err != nil {
 		return old, false, err
 	}
-	tp := old
-	tp.Image, tp.CPUs, tp.MemoryMiB, tp.DataDiskMiB, tp.Network, tp.Health = t.Image, t.CPUs, t.MemoryMiB, t.DataDiskMiB, t.Network, t.Health
+	tp := withSpec(old, t)
+	// The snapshot holds the hardware, the running kernel and the backend (jailed
+	// or not); the network's name and the health command are outside it.
 	changed := tp.Image != old.Image || tp.CPUs != old.CPUs || tp.MemoryMiB != old.MemoryMiB ||
-		tp.DataDiskMiB != old.DataDiskMiB || (tp.Network == vm.NetworkNone) != (old.Network == vm.NetworkNone)
+		tp.DataDiskMiB != old.DataDiskMiB || (tp.Network == vm.NetworkNone) != (old.Network == vm.NetworkNone) ||
+		tp.Hypervisor != old.Hypervisor || tp.Kernel != old.Kernel || tp.Jailer != old.Jailer
 	if !changed || old.Snapshot == nil {
 		return tp, false, r.Store.Update(func(tx *store.Tx) error { return tx.PutTemplate(tp) })
 	}
@@ -139,8 +171,8 @@ func (r *Runtime) TemplateBuild(ctx context.Context, name string, progress func(
 		buildName = buildName[:50]
 	}
 	buildName += "-" + newID()[:6]
-	spec := vm.Spec{Name: buildName, Image: tp.Image, CPUs: tp.CPUs, MemoryMiB: tp.MemoryMiB, DataDiskMiB: tp.DataDiskMiB,
-		Network: tp.Network, Hypervisor: vm.HypervisorAuto, Egress: vm.Egress{Mode: vm.EgressAllow}}
+	spec := TemplateSpecOf(tp).vmSpec()
+	spec.Name, spec.Egress = buildName, vm.Egress{Mode: vm.EgressAllow}
 	progress(fmt.Sprintf("booting %s from image %s", buildName, tp.Image))
 	st, err := r.Up(ctx, UpOptions{Spec: spec})
 	if err != nil {

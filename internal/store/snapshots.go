@@ -39,7 +39,10 @@ type Template struct {
 	MemoryMiB   int64     `json:"memory_mib"`
 	DataDiskMiB int64     `json:"data_disk_mib,omitempty"`
 	Network     string    `json:"network"`
-	Health      string    `json:"health,omitempty"` // shell command that must succeed before the snapshot
+	Health      string    `json:"health,omitempty"`     // shell command that must succeed before the snapshot
+	Hypervisor  string    `json:"hypervisor,omitempty"` // empty: auto
+	Kernel      string    `json:"kernel,omitempty"`     // absolute path; empty: the image's
+	Jailer      bool      `json:"jailer,omitempty"`
 	CreatedAt   time.Time `json:"created_at"`
 	Snapshot    *Snapshot `json:"snapshot,omitempty"` // nil until built
 	BuiltAt     time.Time `json:"built_at,omitzero"`

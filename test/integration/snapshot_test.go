@@ -114,6 +114,13 @@ func TestPauseSnapshotClones(t *testing.T) {
 	e.mustExec("src", "sh", "-c", "echo after-snapshot > /mnt/data/marker")
 
 	// A template whose health command leaves a file in the snapshot.
+	// Refused as `up` would refuse it, and nothing recorded.
+	if r := e.run("template", "create", "fct", "--hypervisor", "firecracker"); r.code == 0 || !strings.Contains(r.stderr, "--hypervisor firecracker:") {
+		t.Errorf("a Firecracker template where there is none: exit %d: %s", r.code, r.stderr)
+	}
+	if r := e.run("template", "create", "kt", "--kernel", "/nonexistent/vmlinux"); r.code == 0 || !strings.Contains(r.stderr, "/nonexistent/vmlinux") {
+		t.Errorf("a template with a missing kernel: exit %d: %s", r.code, r.stderr)
+	}
 	e.must("template", "create", "api", "--memory", "256M", "--data-disk", "32M", "--health", "echo built > /root/built && sync")
 	e.must("template", "build", "api")
 
