@@ -2,7 +2,9 @@ package runtime
 
 import (
 	"context"
+	"fmt"
 	"os"
+	"path/filepath"
 	"strings"
 	"syscall"
 	"time"
@@ -156,10 +158,34 @@ func (r *Runtime) releaseLeftovers(rec vm.Record) {
 	}
 }
 
+// cleanupRecordedJail cleans up the jail the record names, which must be the
+// VM's own under this root's jail directory (the record is trusted no further).
+func (r *Runtime) cleanupRecordedJail(ctx context.Context, rec vm.Record) error {
+	base, err := filepath.EvalSymlinks(r.Root.Jail()) // as the jail's path was made
+	if err != nil {
+		return fmt.Errorf("jail directory: %w", err)
+	}
+	rel, err := filepath.Rel(base, rec.JailDir)
+	if err != nil || !filepath.IsLocal(rel) || filepath.Base(rec.JailDir) != rec.JailName() {
+		return fmt.Errorf("the recorded jail %s is not this VM's under %s: left alone", rec.JailDir, r.Root.Jail())
+	}
+	return firecracker.CleanupJail(ctx, firecracker.JailLocation{Dir: rec.JailDir, Cgroup: rec.JailCgroup})
+}
+
 // cleanupJail ends what a jailed Firecracker left when its supervisor died (it
 // does not die with it: the jailer's uid switch clears the parent-death
 // signal, so its cgroup is what reaches it) and removes its chroot and cgroup.
 func (r *Runtime) cleanupJail(rec vm.Record) {
+	if rec.JailDir != "" {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		if err := r.cleanupRecordedJail(ctx, rec); err != nil {
+			r.Log.Warn("clean up the VM's jail", "vm", rec.Spec.Name, "err", err)
+		}
+		return
+	}
+	// The supervisor died before it recorded where the jail is: the jailer's
+	// settings and the firecracker binary say.
 	b, err := firecracker.ForCleanup(firecracker.HostOptions(r.Root.Bin()))
 	if err != nil {
 		r.Log.Warn("cannot clean up the VM's jail", "vm", rec.Spec.Name, "err", err)

@@ -91,6 +91,11 @@ func JailerFor(root layout.Root, rec vm.Record) *firecracker.Jailer {
 
 // hybridAgent reaches the guest agent through Firecracker's hybrid-vsock
 // socket: every stream is a connection of its own, so there is no link to keep.
+// jailed is a hypervisor instance the jailer placed (a jailed Firecracker).
+type jailed interface {
+	JailLocation() (firecracker.JailLocation, bool)
+}
+
 type hybridAgent struct{ socket string }
 
 // hybridRetry bounds how long open retries a refused connection: Firecracker

@@ -248,6 +248,11 @@ func (s *supervisor) start(ctx context.Context) error {
 	hpid := s.inst.PID()
 	if err := s.update(func(r *vm.Record) error {
 		r.HypervisorPID, r.HypervisorStart = hpid, s.inst.StartTime()
+		if j, ok := s.inst.(jailed); ok {
+			if loc, ok := j.JailLocation(); ok {
+				r.JailDir, r.JailCgroup = loc.Dir, loc.Cgroup
+			}
+		}
 		r.StartedAt = time.Now().UTC()
 		r.Accel = s.accel.Name
 		return r.SetState(vm.StateStarting)

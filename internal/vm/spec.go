@@ -117,6 +117,11 @@ type Record struct {
 	// JailUID is the uid and gid a jailed Firecracker runs as (Spec.Jailer): one
 	// per VM, so no two VMs share their files or processes.
 	JailUID int `json:"jail_uid,omitempty"`
+	// JailDir and JailCgroup are where the jailer put the VM, recorded once it
+	// runs, so that a cleanup after a crash finds them whatever the firecracker
+	// binary (which names both) is called by then, or if it is gone.
+	JailDir    string `json:"jail_dir,omitempty"`
+	JailCgroup string `json:"jail_cgroup,omitempty"`
 }
 
 // Jail uids: a range far above login users and the usual subordinate-id

@@ -778,6 +778,39 @@ func (i *Instance) RemoveJail() error {
 	return i.jail.removeAll()
 }
 
+// JailLocation is where the jailer put a VM: its jail directory (the chroot's
+// parent) and its cgroup directory.
+type JailLocation struct {
+	Dir, Cgroup string
+}
+
+// JailLocation says where the jailer put the VM; ok is false for a VM not
+// under the jailer.
+func (i *Instance) JailLocation() (loc JailLocation, ok bool) {
+	if i.jail == nil {
+		return JailLocation{}, false
+	}
+	return JailLocation{Dir: i.jail.dir, Cgroup: i.jail.cgroup}, true
+}
+
+// CleanupJail ends every process in the jail's cgroup and removes the cgroup
+// and the jail, as KillJail and RemoveJail do, from a recorded location: it
+// needs neither the jailer's settings nor the firecracker binary, whose name
+// the jailer built both paths from. It is for a VM whose supervisor died.
+func CleanupJail(ctx context.Context, loc JailLocation) error {
+	if !filepath.IsAbs(loc.Dir) || !filepath.IsAbs(loc.Cgroup) || filepath.Base(loc.Cgroup) != filepath.Base(loc.Dir) {
+		return fmt.Errorf("firecracker jailer: %+v is not a VM's jail", loc)
+	}
+	j := jail{dir: loc.Dir, root: filepath.Join(loc.Dir, "root"), cgroup: loc.Cgroup}
+	if err := killCgroup(ctx, loc.Cgroup); err != nil {
+		return err
+	}
+	if _, err := os.Lstat(j.dir); err == nil && socketAnswers(j.hostPath(jailAPISocket)) {
+		return fmt.Errorf("firecracker jailer: a Firecracker is still serving in %s", j.dir)
+	}
+	return j.removeAll()
+}
+
 // RemoveJail removes the cgroup and the chroot the jailer made for the VM
 // called name, as configured by vm.Jailer or Options.Jailer, when no Instance
 // is at hand (after a supervisor restart). It refuses while a Firecracker

@@ -704,6 +704,49 @@ func TestRemoveJail(t *testing.T) {
 	}
 }
 
+func TestCleanupJailFromLocation(t *testing.T) {
+	needRoot(t)
+	s := newJailSetup(t)
+	ctx := context.Background()
+	inst, err := s.backend().Start(ctx, s.config())
+	if err != nil {
+		t.Fatal(err)
+	}
+	loc, ok := inst.(*Instance).JailLocation()
+	if !ok || loc.Dir != filepath.Dir(s.root("web1")) || loc.Cgroup != s.cgroup("web1") {
+		t.Fatalf("JailLocation %+v %v, want %s and %s", loc, ok, filepath.Dir(s.root("web1")), s.cgroup("web1"))
+	}
+	if err := CleanupJail(ctx, loc); err == nil || !strings.Contains(err.Error(), "still serving") {
+		t.Fatalf("CleanupJail of a serving VM: %v", err)
+	}
+	if err := inst.Kill(ctx); err != nil {
+		t.Fatal(err)
+	}
+	// The binary that named the jail's paths is gone: the location is enough.
+	if err := os.Remove(s.fcBin); err != nil {
+		t.Fatal(err)
+	}
+	if err := CleanupJail(ctx, loc); err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range []string{loc.Dir, loc.Cgroup} {
+		if _, err := os.Stat(p); !errors.Is(err, os.ErrNotExist) {
+			t.Errorf("%s is still there: %v", p, err)
+		}
+	}
+	if err := CleanupJail(ctx, loc); err != nil {
+		t.Errorf("CleanupJail of a gone jail: %v", err)
+	}
+	for _, bad := range []JailLocation{{}, {Dir: "rel/web1", Cgroup: loc.Cgroup}, {Dir: loc.Dir, Cgroup: filepath.Dir(loc.Cgroup)}} {
+		if err := CleanupJail(ctx, bad); err == nil || !strings.Contains(err.Error(), "not a VM's jail") {
+			t.Errorf("CleanupJail(%+v): %v", bad, err)
+		}
+	}
+	if _, ok := (&Instance{}).JailLocation(); ok {
+		t.Error("JailLocation of a VM not under the jailer")
+	}
+}
+
 func TestJailedKillGoesThroughCgroup(t *testing.T) {
 	needRoot(t)
 	s := newJailSetup(t)
