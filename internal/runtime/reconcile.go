@@ -31,6 +31,9 @@ func (r *Runtime) Reconcile() error {
 	if err := r.sweepOrphanDirs(); err != nil {
 		r.Log.Debug("sweep VM directories", "err", err)
 	}
+	if err := r.sweepOrphanJails(); err != nil {
+		r.Log.Debug("sweep jails", "err", err)
+	}
 	var dead []vm.Record
 	for _, rec := range recs {
 		if rec.State.HasProcess() && !procutil.Held(r.Root.VM(rec.ID).Lock()) {
@@ -156,6 +159,49 @@ func (r *Runtime) releaseLeftovers(rec vm.Record) {
 	if rec.TAP != "" {
 		_ = network.DeleteLink(rec.TAP)
 	}
+}
+
+// sweepOrphanJails ends and removes jails that no VM record names: what a `down`
+// leaves whose jail cleanup failed (its record goes first), or a VM whose record
+// was lost. A jail whose VM directory is owned is left alone.
+func (r *Runtime) sweepOrphanJails() error {
+	jails, err := filepath.Glob(filepath.Join(r.Root.Jail(), "*", vm.JailNamePrefix+"*"))
+	if err != nil || len(jails) == 0 {
+		return err
+	}
+	known := map[string]bool{}
+	err = r.Store.View(func(tx *store.Tx) error {
+		recs, err := tx.VMs()
+		for _, rec := range recs {
+			known[rec.JailName()] = true
+		}
+		return err
+	})
+	if err != nil {
+		return err
+	}
+	mount, err := firecracker.CgroupMount()
+	if err != nil {
+		return fmt.Errorf("orphan jails stay until the cgroup file system is visible: %w", err)
+	}
+	for _, dir := range jails {
+		name := filepath.Base(dir)
+		if known[name] || procutil.Held(r.Root.VM(strings.TrimPrefix(name, vm.JailNamePrefix)).Lock()) {
+			continue
+		}
+		// mvm leaves the jailer's parent cgroup at its default, the firecracker
+		// binary's name, which also names the jail's parent directory.
+		loc := firecracker.JailLocation{Dir: dir, Cgroup: filepath.Join(mount, filepath.Base(filepath.Dir(dir)), name)}
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		err := firecracker.CleanupJail(ctx, loc)
+		cancel()
+		if err != nil {
+			r.Log.Warn("remove a jail no VM owns", "jail", dir, "err", err)
+			continue
+		}
+		r.Log.Warn("removed a jail no VM owned", "jail", dir)
+	}
+	return nil
 }
 
 // cleanupRecordedJail cleans up the jail the record names, which must be the

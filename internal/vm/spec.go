@@ -133,7 +133,10 @@ const (
 
 // JailName is the jailer's --id for the VM: its id, not its name, so that the
 // chroot path stays short and a new VM of the same name never meets an old jail.
-func (r Record) JailName() string { return "mvm-" + r.ID }
+func (r Record) JailName() string { return JailNamePrefix + r.ID }
+
+// JailNamePrefix begins every JailName.
+const JailNamePrefix = "mvm-"
 
 // FreeJailUID is the lowest jail uid none of vms holds.
 func FreeJailUID(vms []Record) (int, error) {

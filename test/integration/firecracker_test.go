@@ -371,6 +371,27 @@ func TestFirecrackerJailer(t *testing.T) {
 			t.Errorf("%s left behind after down", p)
 		}
 	}
+
+	// A jail no VM record names (as a down whose cleanup failed would leave) is
+	// swept by the next command, cgroup and all; a jail a record names is not.
+	orphan := filepath.Join(e.root, "jail", "firecracker", fmt.Sprintf("mvm-orphan%d", os.Getpid()))
+	orphanCg := cgroupDir("/firecracker/" + filepath.Base(orphan))
+	kept := filepath.Join(e.root, "jail", "firecracker", "mvm-"+j1.ID, "root")
+	t.Cleanup(func() { os.RemoveAll(orphan); os.Remove(orphanCg) })
+	for _, d := range []string{filepath.Join(orphan, "root", "run"), orphanCg, kept} {
+		if err := os.MkdirAll(d, 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	e.must("ls")
+	for _, p := range []string{orphan, orphanCg} {
+		if _, err := os.Stat(p); err == nil {
+			t.Errorf("the orphan %s was not swept", p)
+		}
+	}
+	if _, err := os.Stat(kept); err != nil {
+		t.Errorf("the sweep took the jail of j1, whose record is there: %v", err)
+	}
 }
 
 // jailedPID is the PID of the VM's Firecracker, from the pid file the jailer
