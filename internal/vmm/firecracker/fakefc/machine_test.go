@@ -11,6 +11,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/mvm-dev/mvm/internal/vmm/firecracker/fakefc"
 )
@@ -259,9 +260,10 @@ func TestMachineFailedLoadEnds(t *testing.T) {
 	if a.status != 400 || !strings.Contains(a.fault, "qemu says no") {
 		t.Fatalf("load: %d %q", a.status, a.fault)
 	}
+	// Ended closes just after the answer has gone out, as the process would end.
 	select {
 	case <-srv.Ended():
-	default:
+	case <-time.After(10 * time.Second):
 		t.Fatal("Ended is not closed after a failed load")
 	}
 	mu.Lock()
