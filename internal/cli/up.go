@@ -133,7 +133,8 @@ func newUpCmd(a *app) *cobra.Command {
 	f.StringVar(&spec.Network, "network", vm.NetworkDefault, "network to join: default, one made with `mvmctl network create`, or none (no NIC)")
 	f.StringVar(&egress, "egress", "allow", "outbound traffic: allow, deny (only the gateway's DNS), or allow=HOST:PORT[,HOST:PORT...]\n"+
 		"(names are resolved when the VM starts)")
-	f.StringVar(&spec.Hypervisor, "hypervisor", vm.HypervisorAuto, "hypervisor: auto (Firecracker where it and KVM are usable and the image's kernel fits it, else QEMU), qemu or firecracker")
+	f.StringVar(&spec.Hypervisor, "hypervisor", vm.HypervisorAuto, "hypervisor: auto (Firecracker where it and KVM are usable and the image's kernel fits it, else QEMU), qemu or firecracker\n"+
+		"(with --snapshot or --template: where the snapshot was taken, or the template's)")
 	f.BoolVar(&spec.Jailer, "jailer", false, "run Firecracker under its jailer: chroot, a uid/gid of the VM's own, cgroup v2 limits (needs --hypervisor firecracker)")
 	f.StringVar(&spec.Kernel, "kernel", "", "boot this kernel with the image's initramfs and rootfs: an uncompressed ELF vmlinux,\n"+
 		"or a bzImage for QEMU only (default: the image's)")

@@ -211,9 +211,12 @@ func (r *Runtime) cleanupRecordedJail(ctx context.Context, rec vm.Record) error 
 	if err != nil {
 		return fmt.Errorf("jail directory: %w", err)
 	}
-	rel, err := filepath.Rel(base, rec.JailDir)
-	if err != nil || !filepath.IsLocal(rel) || filepath.Base(rec.JailDir) != rec.JailName() {
-		return fmt.Errorf("the recorded jail %s is not this VM's under %s: left alone", rec.JailDir, r.Root.Jail())
+	// <base>/<binary's name>/<jail name>, and its cgroup <mount>/<binary's name>/<jail
+	// name> (the jailer's default parent cgroup, which mvm keeps).
+	dir, cg := rec.JailDir, rec.JailCgroup
+	if dir != filepath.Clean(dir) || filepath.Base(dir) != rec.JailName() || filepath.Dir(filepath.Dir(dir)) != base ||
+		cg != filepath.Clean(cg) || filepath.Base(cg) != rec.JailName() || filepath.Base(filepath.Dir(cg)) != filepath.Base(filepath.Dir(dir)) {
+		return fmt.Errorf("the recorded jail %s (cgroup %s) is not this VM's under %s: left alone", dir, cg, r.Root.Jail())
 	}
 	return firecracker.CleanupJail(ctx, firecracker.JailLocation{Dir: rec.JailDir, Cgroup: rec.JailCgroup})
 }

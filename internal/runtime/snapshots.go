@@ -380,6 +380,9 @@ func (r *Runtime) Wake(ctx context.Context, name string, bootTimeout time.Durati
 		}
 		cur.RestoreFrom = vdir.Sleep().Dir
 		cur.ExitReason = ""
+		// This run's jail is recorded once it runs; until then a cleanup goes by
+		// the jailer's settings, not by where the last run's jail was.
+		cur.JailDir, cur.JailCgroup = "", ""
 		rec = cur
 		return tx.PutVM(cur)
 	})
@@ -414,11 +417,15 @@ func (r *Runtime) resolveRestore(ctx context.Context, o *UpOptions) (*restoreSou
 		if tp.Snapshot == nil {
 			// Not built yet: a cold boot with the template's settings.
 			fillSpec(&o.Spec, tp.Image, tp.CPUs, tp.MemoryMiB, tp.DataDiskMiB, tp.Network)
-			if o.Spec.Hypervisor == "" || o.Spec.Hypervisor == vm.HypervisorAuto {
+			// A hypervisor given to up wins, and the template's jailer goes with
+			// the template's Firecracker.
+			if h := o.Spec.Hypervisor; h == "" || h == vm.HypervisorAuto {
 				o.Spec.Hypervisor = cmp.Or(tp.Hypervisor, vm.HypervisorAuto)
 			}
+			if tp.Jailer && o.Spec.Hypervisor == vm.HypervisorFirecracker {
+				o.Spec.Jailer = true
+			}
 			o.Spec.Kernel = cmp.Or(o.Spec.Kernel, tp.Kernel)
-			o.Spec.Jailer = o.Spec.Jailer || tp.Jailer
 			return nil, nil
 		}
 		snap, from = tp.Snapshot, "template:"+tp.Name

@@ -127,7 +127,8 @@ func (r *Runtime) TemplateEdit(ctx context.Context, t TemplateSpec) (store.Templ
 	// or not); the network's name and the health command are outside it.
 	changed := tp.Image != old.Image || tp.CPUs != old.CPUs || tp.MemoryMiB != old.MemoryMiB ||
 		tp.DataDiskMiB != old.DataDiskMiB || (tp.Network == vm.NetworkNone) != (old.Network == vm.NetworkNone) ||
-		tp.Hypervisor != old.Hypervisor || tp.Kernel != old.Kernel || tp.Jailer != old.Jailer
+		tp.Kernel != old.Kernel || tp.Jailer != old.Jailer ||
+		old.Snapshot != nil && tp.Hypervisor != "" && tp.Hypervisor != old.Snapshot.Backend
 	if !changed || old.Snapshot == nil {
 		return tp, false, r.Store.Update(func(tx *store.Tx) error { return tx.PutTemplate(tp) })
 	}

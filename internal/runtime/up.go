@@ -176,6 +176,10 @@ func (r *Runtime) Prepare(ctx context.Context, o *UpOptions) error {
 		o.restore = src
 	}
 	p, err := r.plan(o.Spec, o.restore)
+	if err != nil && o.Template != "" && o.restore == nil {
+		// Its settings may be the template's, not given to up.
+		return fmt.Errorf("template %s (not built yet, so booted with its settings): %w", o.Template, err)
+	}
 	if err != nil {
 		return err
 	}
