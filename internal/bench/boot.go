@@ -229,17 +229,12 @@ func startHandVM(ctx context.Context, root layout.Root, img image.Image, accel q
 		}
 	}()
 	for i := 0; i < 4+len(o.ExtraPorts); i++ {
-		fds, err := syscall.Socketpair(syscall.AF_UNIX, syscall.SOCK_STREAM|syscall.SOCK_CLOEXEC, 0)
+		// The same channels as mvm's QEMU VMs get, so raw and mvm figures compare.
+		q, c, err := qemu.SocketPair()
 		if err != nil {
 			return fail(err)
 		}
-		theirs = append(theirs, os.NewFile(uintptr(fds[0]), "q"))
-		f := os.NewFile(uintptr(fds[1]), "o")
-		c, err := net.FileConn(f)
-		f.Close()
-		if err != nil {
-			return fail(err)
-		}
+		theirs = append(theirs, q)
 		h.conns = append(h.conns, c)
 	}
 	fds := qemu.Fds{QMP: 3, Console: 4, Agent: 5, TAP: -1}

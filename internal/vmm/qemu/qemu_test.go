@@ -5,7 +5,9 @@ import (
 	"context"
 	"encoding/json"
 	"net"
+	"os"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -114,6 +116,33 @@ func TestParseVersion(t *testing.T) {
 		got, err := ParseVersion(tc.in)
 		if (err == nil) != tc.ok || got != tc.want {
 			t.Errorf("ParseVersion(%q) = %q, %v", tc.in, got, err)
+		}
+	}
+}
+
+// QEMU's channels get large socket buffers (see channelBuffer), as root.
+func TestSocketPairBuffers(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("SO_SNDBUFFORCE needs root")
+	}
+	theirs, ours, err := SocketPair()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer theirs.Close()
+	defer ours.Close()
+	raw, err := ours.(syscall.Conn).SyscallConn()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, opt := range []int{syscall.SO_SNDBUF, syscall.SO_RCVBUF} {
+		var got int
+		var gerr error
+		if err := raw.Control(func(fd uintptr) { got, gerr = syscall.GetsockoptInt(int(fd), syscall.SOL_SOCKET, opt) }); err != nil || gerr != nil {
+			t.Fatal(err, gerr)
+		}
+		if got < channelBuffer { // the kernel reports twice what was set
+			t.Errorf("socket option %d: %d bytes, want at least %d", opt, got, channelBuffer)
 		}
 	}
 }
