@@ -16,6 +16,8 @@ import (
 	"syscall"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/mvm-dev/mvm/internal/procutil"
 	"github.com/mvm-dev/mvm/internal/vmm"
 )
@@ -231,6 +233,10 @@ func (i *instance) setExit(err error) {
 		switch {
 		case code == -1:
 			reason = "hypervisor killed by a signal"
+			if ws, ok := ee.Sys().(syscall.WaitStatus); ok && ws.Signaled() {
+				// Which one tells a crash (SIGSEGV) from a kill (SIGKILL).
+				reason = fmt.Sprintf("hypervisor killed by a signal (%s)", unix.SignalName(ws.Signal()))
+			}
 		case code != 0:
 			reason = fmt.Sprintf("hypervisor failed (exit status %d)", code)
 		default:

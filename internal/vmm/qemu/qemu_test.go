@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"net"
 	"os"
+	"os/exec"
 	"strings"
 	"syscall"
 	"testing"
@@ -144,5 +145,31 @@ func TestSocketPairBuffers(t *testing.T) {
 		if got < channelBuffer { // the kernel reports twice what was set
 			t.Errorf("socket option %d: %d bytes, want at least %d", opt, got, channelBuffer)
 		}
+	}
+}
+
+// The exit reason tells a crash from a kill, and a failure from a clean exit.
+func TestSetExitReason(t *testing.T) {
+	for _, tc := range []struct {
+		script string
+		code   int
+		reason string
+	}{
+		{"exit 0", 0, "hypervisor exited"},
+		{"exit 3", 3, "hypervisor failed (exit status 3)"},
+		{"kill -SEGV $$", -1, "hypervisor killed by a signal (SIGSEGV)"},
+		{"kill -KILL $$", -1, "hypervisor killed by a signal (SIGKILL)"},
+	} {
+		i := &instance{}
+		i.setExit(exec.Command("sh", "-c", tc.script).Run())
+		if i.exit.Code != tc.code || i.exit.Reason != tc.reason {
+			t.Errorf("%s: %+v, want %d %q", tc.script, i.exit, tc.code, tc.reason)
+		}
+	}
+	// A reason QEMU gave (its SHUTDOWN event) stands.
+	i := &instance{reason: "guest powered off"}
+	i.setExit(exec.Command("sh", "-c", "kill -SEGV $$").Run())
+	if i.exit.Reason != "guest powered off" || i.exit.Code != -1 {
+		t.Errorf("with QEMU's reason: %+v", i.exit)
 	}
 }
