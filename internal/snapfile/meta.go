@@ -46,6 +46,10 @@ type Meta struct {
 	MemoryMiB      int64     `json:"memory_mib"`
 	DataDiskMiB    int64     `json:"data_disk_mib,omitempty"`
 	NIC            bool      `json:"nic"`
+	// NICNoGuestAnnounce says the NIC lacked virtio-net's guest-announce feature
+	// (vmm.Config.NICGuestAnnounce); a restore must match it. Absent in
+	// snapshots taken before mvm turned it off.
+	NICNoGuestAnnounce bool `json:"nic_no_guest_announce,omitempty"`
 	// Jailed says Firecracker ran under its jailer: the paths it recorded are
 	// its chroot's, so the snapshot restores under the jailer only.
 	Jailed bool        `json:"jailed,omitempty"`

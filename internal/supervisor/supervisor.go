@@ -61,8 +61,11 @@ type supervisor struct {
 	token []byte
 	tap   *network.TAP
 	inst  vmm.Instance
-	accel qemu.Accel
-	link  *link.Keeper // QEMU's virtio-serial link; nil on Firecracker
+	// nicGuestAnnounce is what the NIC was made with (vmm.Config), which the
+	// VM's snapshots record.
+	nicGuestAnnounce bool
+	accel            qemu.Accel
+	link             *link.Keeper // QEMU's virtio-serial link; nil on Firecracker
 	// openAgent opens a stream to the guest agent: on the link, or a hybrid-vsock
 	// connection through Firecracker.
 	openAgent func(ctx context.Context) (net.Conn, error)
@@ -233,7 +236,10 @@ func (s *supervisor) start(ctx context.Context) error {
 		Drives:     s.drives(),
 		MAC:        s.rec.MAC,
 		Stderr:     stderr,
+		// Off, unless the saved state being restored had it.
+		NICGuestAnnounce: s.restore != nil && s.restore.meta.NIC && !s.restore.meta.NICNoGuestAnnounce,
 	}
+	s.nicGuestAnnounce = cfg.NICGuestAnnounce
 	if s.inst, err = s.startHypervisor(ctx, cfg, mem); err != nil {
 		err = stderr.said(err)
 		if s.restore != nil {

@@ -28,6 +28,11 @@ type Config struct {
 	Drives     []Drive
 	TAP        *os.File // nil: no NIC
 	MAC        string
+	// NICGuestAnnounce offers the guest virtio-net's announce feature. QEMU
+	// (7.2) crashes when a restored guest with it resets the NIC, as Linux 6.1
+	// does at power-off since 6.1.0-57, so only a restore of a state saved with
+	// it on (which QEMU refuses to load otherwise) turns it on.
+	NICGuestAnnounce bool
 	// ExtraPorts are further virtio-serial ports by name (benchmarks use them for a
 	// raw channel and QEMU's own guest agent); the backend exposes each as a stream.
 	ExtraPorts []string

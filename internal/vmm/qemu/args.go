@@ -70,7 +70,7 @@ func Args(cfg vmm.Config, accel Accel, fds Fds) []string {
 	}
 	if fds.TAP >= 0 {
 		a = append(a, "-netdev", fmt.Sprintf("tap,id=n0,fd=%d", fds.TAP),
-			"-device", "virtio-net-device,netdev=n0,mac="+cfg.MAC)
+			"-device", "virtio-net-device,netdev=n0,"+guestAnnounce(cfg.NICGuestAnnounce)+"mac="+cfg.MAC)
 	}
 	a = append(a,
 		"-device", fmt.Sprintf("virtio-serial-device,max_ports=%d", 2+len(cfg.ExtraPorts)),
@@ -92,3 +92,13 @@ func Args(cfg vmm.Config, accel Accel, fds Fds) []string {
 
 // escape doubles commas, QEMU's option separator, in a path.
 func escape(p string) string { return strings.ReplaceAll(p, ",", ",,") }
+
+// guestAnnounce is the NIC's guest_announce option (see vmm.Config.NICGuestAnnounce):
+// with it off, a restored guest resetting its NIC does not reach QEMU 7.2's
+// timer_del on the announce timer a restore freed (announce-rounds 0).
+func guestAnnounce(on bool) string {
+	if on {
+		return ""
+	}
+	return "guest_announce=off,"
+}

@@ -32,6 +32,14 @@ func TestArgsDeviceOrderAndAccel(t *testing.T) {
 	if !(vda < vdb && vdb < nic && nic < ser) {
 		t.Errorf("device order wrong: %d %d %d %d", vda, vdb, nic, ser)
 	}
+	if !strings.Contains(tcg, "virtio-net-device,netdev=n0,guest_announce=off,mac=") {
+		t.Errorf("the NIC offers guest announcements by default:\n%s", tcg)
+	}
+	cfg.NICGuestAnnounce = true // restoring a state saved with them
+	if on := strings.Join(Args(cfg, Accel{Name: "tcg"}, Fds{QMP: 3, Console: 4, Agent: 5, TAP: 6}), " "); strings.Contains(on, "guest_announce") {
+		t.Errorf("NICGuestAnnounce: %s", on)
+	}
+	cfg.NICGuestAnnounce = false
 	kvm := strings.Join(Args(cfg, Accel{Name: "kvm", TSCkHz: 2596000}, Fds{QMP: 3, Console: 4, Agent: 5, TAP: -1}), " ")
 	if !strings.Contains(kvm, "-accel kvm -cpu host") || strings.Contains(kvm, "tsc_early_khz") || strings.Contains(kvm, "tsc=reliable") || strings.Contains(kvm, "netdev") {
 		t.Errorf("kvm args: %s", kvm)

@@ -391,15 +391,10 @@ func TestBootSnapshotRestore(t *testing.T) {
 	}
 	select {
 	case <-p2.done:
-		switch {
-		case p2.code == 0:
-		case strings.Contains(p2.stderr.String(), "killed by a signal (SIGSEGV)"):
-			// QEMU 7.2 itself crashed once (in a CI run, not reproduced in 50
-			// runs since): a segfault in timer_del on the restored guest's final
-			// reset. The double then rightly says the hypervisor failed; that
-			// is QEMU's fault, not a wrong exit status.
-			t.Logf("QEMU crashed at the guest's final reset (a QEMU defect), so the double exited %d", p2.code)
-		default:
+		// (With Debian's 6.1.0-57 kernel, which resets the NIC at power-off, a
+		// NIC offering guest announcements made QEMU 7.2 crash here: see
+		// vmm.Config.NICGuestAnnounce.)
+		if p2.code != 0 {
 			t.Errorf("the double exited %d after the guest powered off, want 0", p2.code)
 		}
 	case <-time.After(time.Minute):
