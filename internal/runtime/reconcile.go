@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"syscall"
 	"time"
@@ -180,20 +181,26 @@ func (r *Runtime) sweepOrphanJails() error {
 	if err != nil {
 		return err
 	}
+	orphans := slices.DeleteFunc(jails, func(dir string) bool {
+		name := filepath.Base(dir)
+		return known[name] || procutil.Held(r.Root.VM(strings.TrimPrefix(name, vm.JailNamePrefix)).Lock())
+	})
+	if len(orphans) == 0 {
+		return nil
+	}
 	mount, err := firecracker.CgroupMount()
 	if err != nil {
 		return fmt.Errorf("orphan jails stay until the cgroup file system is visible: %w", err)
 	}
-	for _, dir := range jails {
-		name := filepath.Base(dir)
-		if known[name] || procutil.Held(r.Root.VM(strings.TrimPrefix(name, vm.JailNamePrefix)).Lock()) {
+	for _, dir := range orphans {
+		// mvm leaves the jailer's parent cgroup at its default.
+		loc, err := firecracker.DefaultJailLocation(mount, dir)
+		if err != nil {
+			r.Log.Warn("remove a jail no VM owns", "jail", dir, "err", err)
 			continue
 		}
-		// mvm leaves the jailer's parent cgroup at its default, the firecracker
-		// binary's name, which also names the jail's parent directory.
-		loc := firecracker.JailLocation{Dir: dir, Cgroup: filepath.Join(mount, filepath.Base(filepath.Dir(dir)), name)}
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		err := firecracker.CleanupJail(ctx, loc)
+		err = firecracker.CleanupJail(ctx, loc)
 		cancel()
 		if err != nil {
 			r.Log.Warn("remove a jail no VM owns", "jail", dir, "err", err)

@@ -2,6 +2,7 @@ package runtime
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -29,12 +30,8 @@ type TemplateSpec struct {
 
 // vmSpec is the spec of the VMs the template starts, before a VM's own name.
 func (t TemplateSpec) vmSpec() vm.Spec {
-	h := t.Hypervisor
-	if h == "" {
-		h = vm.HypervisorAuto
-	}
 	return vm.Spec{Name: t.Name, Image: t.Image, CPUs: t.CPUs, MemoryMiB: t.MemoryMiB, DataDiskMiB: t.DataDiskMiB,
-		Network: t.Network, Hypervisor: h, Kernel: t.Kernel, Jailer: t.Jailer}
+		Network: t.Network, Hypervisor: cmp.Or(t.Hypervisor, vm.HypervisorAuto), Kernel: t.Kernel, Jailer: t.Jailer}
 }
 
 // validate checks the template by the rules of the VMs it will start, as `up` does

@@ -466,6 +466,7 @@ func (r *Runtime) discard(rec vm.Record) {
 		if err != nil || cur.ID != rec.ID {
 			return nil
 		}
+		rec = cur // with what the supervisor recorded (its jail's location)
 		if ip, err := netip.ParsePrefix(cur.IP); err == nil {
 			_ = tx.ReleaseIP(cur.Spec.Network, ip.Addr(), cur.ID)
 		}

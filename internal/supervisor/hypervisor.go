@@ -89,11 +89,6 @@ func JailerFor(root layout.Root, rec vm.Record) *firecracker.Jailer {
 	return &firecracker.Jailer{ChrootBaseDir: root.Jail(), UID: rec.JailUID, GID: rec.JailUID}
 }
 
-// jailed is a hypervisor instance the jailer placed (a jailed Firecracker).
-type jailed interface {
-	JailLocation() (firecracker.JailLocation, bool)
-}
-
 // hybridAgent reaches the guest agent through Firecracker's hybrid-vsock
 // socket: every stream is a connection of its own, so there is no link to keep.
 type hybridAgent struct{ socket string }

@@ -336,7 +336,7 @@ func (s *supervisor) saveSnapshot(ctx context.Context, req SnapshotRequest) (res
 		CPUModel: cpu.Model, CPUFlags: cpu.Flags,
 		ImageDigest: s.rec.ImageRef, Kernel: s.rec.Kernel,
 		CPUs: s.rec.Spec.CPUs, MemoryMiB: s.rec.Spec.MemoryMiB, DataDiskMiB: s.rec.Spec.DataDiskMiB,
-		NIC: s.tap != nil, NICNoGuestAnnounce: s.tap != nil && !s.nicGuestAnnounce, Jailed: s.rec.Spec.Jailer, Files: files,
+		NIC: s.tap != nil, NICNoGuestAnnounce: s.tap != nil && !s.nicGuestAnnounce(), Jailed: s.rec.Spec.Jailer, Files: files,
 	}
 	if err = snapfile.WriteMeta(dir.Dir, key, meta); err != nil {
 		return res, err

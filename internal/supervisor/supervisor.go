@@ -61,11 +61,8 @@ type supervisor struct {
 	token []byte
 	tap   *network.TAP
 	inst  vmm.Instance
-	// nicGuestAnnounce is what the NIC was made with (vmm.Config), which the
-	// VM's snapshots record.
-	nicGuestAnnounce bool
-	accel            qemu.Accel
-	link             *link.Keeper // QEMU's virtio-serial link; nil on Firecracker
+	accel qemu.Accel
+	link  *link.Keeper // QEMU's virtio-serial link; nil on Firecracker
 	// openAgent opens a stream to the guest agent: on the link, or a hybrid-vsock
 	// connection through Firecracker.
 	openAgent func(ctx context.Context) (net.Conn, error)
@@ -232,14 +229,12 @@ func (s *supervisor) start(ctx context.Context) error {
 	cfg := vmm.Config{
 		Name: s.rec.Spec.Name, CPUs: s.rec.Spec.CPUs, MemoryMiB: s.rec.Spec.MemoryMiB,
 		Kernel: kernel, Initrd: img.Path(image.FileInitrd),
-		KernelArgs: ContractArgs(s.rec),
-		Drives:     s.drives(),
-		MAC:        s.rec.MAC,
-		Stderr:     stderr,
-		// Off, unless the saved state being restored had it.
-		NICGuestAnnounce: s.restore != nil && s.restore.meta.NIC && !s.restore.meta.NICNoGuestAnnounce,
+		KernelArgs:       ContractArgs(s.rec),
+		Drives:           s.drives(),
+		MAC:              s.rec.MAC,
+		Stderr:           stderr,
+		NICGuestAnnounce: s.nicGuestAnnounce(),
 	}
-	s.nicGuestAnnounce = cfg.NICGuestAnnounce
 	if s.inst, err = s.startHypervisor(ctx, cfg, mem); err != nil {
 		err = stderr.said(err)
 		if s.restore != nil {
@@ -254,8 +249,8 @@ func (s *supervisor) start(ctx context.Context) error {
 	hpid := s.inst.PID()
 	if err := s.update(func(r *vm.Record) error {
 		r.HypervisorPID, r.HypervisorStart = hpid, s.inst.StartTime()
-		if j, ok := s.inst.(jailed); ok {
-			if loc, ok := j.JailLocation(); ok {
+		if fc, ok := s.inst.(*firecracker.Instance); ok {
+			if loc, ok := fc.JailLocation(); ok {
 				r.JailDir, r.JailCgroup = loc.Dir, loc.Cgroup
 			}
 		}
@@ -761,4 +756,11 @@ func (w *logWriter) said(err error) error {
 		return err
 	}
 	return fmt.Errorf("%w; the hypervisor's last words:\n  %s", err, strings.Join(w.last, "\n  "))
+}
+
+// nicGuestAnnounce says whether the VM's NIC offers guest announcements
+// (vmm.Config.NICGuestAnnounce): off, unless the saved state it was restored
+// from had them. Its snapshots record it.
+func (s *supervisor) nicGuestAnnounce() bool {
+	return s.restore != nil && s.restore.meta.NIC && !s.restore.meta.NICNoGuestAnnounce
 }

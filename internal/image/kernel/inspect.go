@@ -192,7 +192,7 @@ func open(r io.ReaderAt, size int64) (*kernelFile, error) {
 	}
 	for _, c := range []struct{ magic, what string }{
 		{"\x1f\x8b", "gzip"}, {"\xfd7zXZ\x00", "xz"}, {"\x28\xb5\x2f\xfd", "zstd"}, {"BZh", "bzip2"},
-		{"\x02\x21\x4c\x18", "lz4"}, {"\x89LZO", "lzo"},
+		{string(lz4Legacy), "lz4"}, {"\x89LZO", "lzo"},
 	} {
 		if bytes.HasPrefix(b, []byte(c.magic)) {
 			return nil, fmt.Errorf("%s-compressed data, %w (decompress it first)", c.what, ErrNotKernel)

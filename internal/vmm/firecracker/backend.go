@@ -157,6 +157,8 @@ type Backend struct {
 	binary string
 	opts   Options
 	accel  string
+	// release is what the binary's --version said (1.13.1), read once by New.
+	release string
 	// launch starts a firecracker process; tests replace it with a fake.
 	launch launchFunc
 }
@@ -175,10 +177,12 @@ func New(opts Options) (*Backend, error) {
 		detect = qemu.DetectAccel
 	}
 	if opts.TestDouble {
-		if !IsTestDouble(bin) {
+		out, err := versionOutput(bin)
+		if err != nil || !isTestDouble(out) {
 			return nil, fmt.Errorf("%s=1 but %s is not mvm's test double (no %q in its --version): a real Firecracker needs KVM", EnvTestDouble, bin, TestDoubleMarker)
 		}
-		return &Backend{binary: bin, opts: opts, launch: execLaunch, accel: detect().Name}, nil
+		rel, _ := ParseRelease(out)
+		return &Backend{binary: bin, opts: opts, launch: execLaunch, accel: detect().Name, release: rel}, nil
 	}
 	if a := detect(); a.Name != "kvm" {
 		reason := a.Reason
@@ -187,12 +191,14 @@ func New(opts Options) (*Backend, error) {
 		}
 		return nil, fmt.Errorf("%w: %s", ErrNoKVM, reason)
 	}
-	if IsTestDouble(bin) {
+	out, err := versionOutput(bin)
+	if err == nil && isTestDouble(out) {
 		// Left on PATH or in the bin directory, it would run VMs on QEMU as if it
 		// were Firecracker, and jail nothing.
 		return nil, fmt.Errorf("%s is mvm's test double, not Firecracker: remove it and install Firecracker with `mvmctl bootstrap --firecracker`", bin)
 	}
-	return &Backend{binary: bin, opts: opts, launch: execLaunch, accel: "kvm"}, nil
+	rel, _ := ParseRelease(out) // a failed --version is said by BinaryVersion
+	return &Backend{binary: bin, opts: opts, launch: execLaunch, accel: "kvm", release: rel}, nil
 }
 
 // lookupBinary finds the firecracker binary opts name.
@@ -232,8 +238,22 @@ func ForCleanup(opts Options) (*Backend, error) {
 // IsTestDouble says whether the program at path (firecracker or jailer) is one
 // of mvm's test doubles, as its --version output declares.
 func IsTestDouble(path string) bool {
-	out, err := exec.Command(path, "--version").Output()
-	return err == nil && strings.Contains(string(out), TestDoubleMarker)
+	out, err := versionOutput(path)
+	return err == nil && isTestDouble(out)
+}
+
+func isTestDouble(versionOut []byte) bool {
+	return strings.Contains(string(versionOut), TestDoubleMarker)
+}
+
+// versionTimeout bounds a program's --version.
+const versionTimeout = 10 * time.Second
+
+// versionOutput runs path --version.
+func versionOutput(path string) ([]byte, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), versionTimeout)
+	defer cancel()
+	return exec.CommandContext(ctx, path, "--version").Output()
 }
 
 // Name implements vmm.Backend.
@@ -265,6 +285,9 @@ func ParseRelease(out []byte) (string, bool) {
 // BinaryVersion is the release of the firecracker binary in use, as its API's
 // GET /version reports it (1.13.1), which is what snapshots record.
 func (b *Backend) BinaryVersion(ctx context.Context) (string, error) {
+	if b.release != "" {
+		return b.release, nil
+	}
 	out, err := exec.CommandContext(ctx, b.binary, "--version").Output()
 	if err != nil {
 		return "", fmt.Errorf("%s --version: %w", b.binary, err)

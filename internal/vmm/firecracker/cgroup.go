@@ -327,3 +327,15 @@ func (p jailedProcess) Kill() error {
 	_ = writeCgroupKill(p.cgroup)
 	return p.process.Kill()
 }
+
+// DefaultJailLocation is where the jailer put a VM whose jail directory is dir
+// (<chroot base>/<exec file's name>/<id>), when its parent cgroup was left at
+// the jailer's default, the exec file's name: for a jail whose record is lost.
+// mount is the cgroup v2 mount (CgroupMount).
+func DefaultJailLocation(mount, dir string) (JailLocation, error) {
+	cg, err := jailCgroupDir(mount, filepath.Base(filepath.Dir(dir)), filepath.Base(dir))
+	if err != nil {
+		return JailLocation{}, err
+	}
+	return JailLocation{Dir: dir, Cgroup: cg}, nil
+}

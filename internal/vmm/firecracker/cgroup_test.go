@@ -487,3 +487,13 @@ func TestRealCgroup(t *testing.T) {
 		}
 	})
 }
+
+func TestDefaultJailLocation(t *testing.T) {
+	loc, err := DefaultJailLocation("/sys/fs/cgroup", "/var/lib/mvm/jail/firecracker/mvm-0123456789ab")
+	if err != nil || loc.Cgroup != "/sys/fs/cgroup/firecracker/mvm-0123456789ab" || loc.Dir != "/var/lib/mvm/jail/firecracker/mvm-0123456789ab" {
+		t.Errorf("DefaultJailLocation: %+v %v", loc, err)
+	}
+	if _, err := DefaultJailLocation("/sys/fs/cgroup", "/var/lib/mvm/jail/firecracker/mvm_x y"); err == nil {
+		t.Error("a jail name that cannot be the jailer's --id was taken")
+	}
+}

@@ -414,8 +414,8 @@ func (b *Backend) startJailed(ctx context.Context, cfg vmm.Config, vm VMOptions,
 // the paths as the jailed Firecracker sees them. On failure it removes what
 // it made.
 func (p *jailPlan) prepare(ctx context.Context, cfg vmm.Config, vm VMOptions) (jcfg vmm.Config, err error) {
-	if _, err := os.Lstat(p.dir); err == nil && socketAnswers(p.apiSocket) {
-		return jcfg, fmt.Errorf("firecracker jailer: a Firecracker is still serving in %s", p.dir)
+	if err := p.serving(); err != nil {
+		return jcfg, err
 	}
 	// A jail or cgroup left by an earlier run of this VM: the jailer would
 	// reuse both, failing on the old pid file, or running the new VM beside
@@ -671,6 +671,22 @@ func (j *jail) remove() error {
 	return nil
 }
 
+// serving reports (as an error) a Firecracker still answering in the jail.
+func (j *jail) serving() error {
+	if _, err := os.Lstat(j.dir); err == nil && socketAnswers(j.hostPath(jailAPISocket)) {
+		return fmt.Errorf("firecracker jailer: a Firecracker is still serving in %s", j.dir)
+	}
+	return nil
+}
+
+// removeUnlessServing is removeAll, refused while a Firecracker serves in the jail.
+func (j *jail) removeUnlessServing() error {
+	if err := j.serving(); err != nil {
+		return err
+	}
+	return j.removeAll()
+}
+
 // removeAll removes the VM's cgroup, then its chroot. A cgroup that still
 // has processes in it (after a brief retry) stops it with an error, and the
 // chroot stays: nothing is removed from under a running jail.
@@ -805,10 +821,7 @@ func CleanupJail(ctx context.Context, loc JailLocation) error {
 	if err := killCgroup(ctx, loc.Cgroup); err != nil {
 		return err
 	}
-	if _, err := os.Lstat(j.dir); err == nil && socketAnswers(j.hostPath(jailAPISocket)) {
-		return fmt.Errorf("firecracker jailer: a Firecracker is still serving in %s", j.dir)
-	}
-	return j.removeAll()
+	return j.removeUnlessServing()
 }
 
 // RemoveJail removes the cgroup and the chroot the jailer made for the VM
@@ -825,10 +838,7 @@ func (b *Backend) RemoveJail(name string, vm VMOptions) error {
 	if err != nil {
 		return err
 	}
-	if _, err := os.Lstat(loc.dir); err == nil && socketAnswers(loc.hostPath(jailAPISocket)) {
-		return fmt.Errorf("firecracker jailer: a Firecracker is still serving in %s", loc.dir)
-	}
-	return loc.removeAll()
+	return loc.removeUnlessServing()
 }
 
 // KillJail SIGKILLs every process in the cgroup the jailer made for the VM

@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"reflect"
 	"slices"
 	"strconv"
 	"strings"
@@ -151,20 +152,13 @@ func TestJailerArgs(t *testing.T) {
 		rlimits: []rlimitSetting{{"no-file", syscall.RLIMIT_NOFILE, defaultNoFile}, {"fsize", syscall.RLIMIT_FSIZE, 1 << 20}},
 		fcArgs:  []string{"--api-sock", "/run/firecracker.socket", "--level", "Debug"},
 	}
-	if got := *c; !jailerConfigEqual(got, want) {
+	if got := *c; !reflect.DeepEqual(got, want) {
 		t.Errorf("parsed\n%+v\nwant\n%+v", got, want)
 	}
 	c, _, done = parseJailerArgs(f.args("--parent-cgroup", "mvm/vms", "--resource-limit", "no-file=64"), &bytes.Buffer{}, &bytes.Buffer{})
 	if done || c.parent != "mvm/vms" || len(c.rlimits) != 1 || c.rlimits[0].value != 64 || c.cgroupV != 1 {
 		t.Errorf("parsed %+v", c)
 	}
-}
-
-func jailerConfigEqual(a, b jailerConfig) bool {
-	return a.id == b.id && a.execFile == b.execFile && a.execName == b.execName && a.uid == b.uid && a.gid == b.gid &&
-		a.chrootBase == b.chrootBase && a.root == b.root && a.netns == b.netns && a.cgroupV == b.cgroupV &&
-		slices.Equal(a.cgroups, b.cgroups) && a.parent == b.parent && slices.Equal(a.rlimits, b.rlimits) &&
-		slices.Equal(a.fcArgs, b.fcArgs)
 }
 
 // TestJailerSteps takes the double's steps in this process, short of the
